@@ -1,0 +1,143 @@
+"""Settings of the instrumentation: keyword argument, then environment, then default.
+
+Everything is read when ``instrument()`` runs, never at import, so a process can
+change its environment before switching the instrumentation on. Each setting is
+documented once, in ``SETTINGS``, from which the configuration page is generated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+_logger = logging.getLogger(__name__)
+
+ENV_PREFIX: Final = "OTEL_PYTHON_MTLS_"
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its keyword, environment variable, type, default and meaning."""
+
+    keyword: str
+    type: type
+    default: Any
+    description: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.keyword.upper()
+
+
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting(
+        "capture_rejected_certificates",
+        bool,
+        True,
+        "Read the peer's Certificate handshake message so that a rejected "
+        "certificate is still recorded (fingerprint, subject, issuer, serial, "
+        "validity).",
+    ),
+    Setting(
+        "capture_chain_pem",
+        bool,
+        False,
+        "Add the peer's full chain as PEM (`tls.{client,server}.certificate_chain`)"
+        " to spans. Off by default: chains are large.",
+    ),
+    Setting(
+        "log_success",
+        bool,
+        False,
+        "Also emit a log record (INFO) for every successful handshake. Failures "
+        "always produce a WARN record.",
+    ),
+    Setting(
+        "max_name_length",
+        int,
+        1024,
+        "Cap, in characters, for subjects, issuers, SANs and error details.",
+    ),
+    Setting(
+        "max_san_count",
+        int,
+        32,
+        "Cap on the number of subject alternative names recorded per certificate.",
+    ),
+    Setting(
+        "cert_cache_size",
+        int,
+        1024,
+        "Parsed certificates kept, keyed by the SHA-256 of their DER.",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved settings of one ``instrument()`` call."""
+
+    capture_rejected_certificates: bool = True
+    capture_chain_pem: bool = False
+    log_success: bool = False
+    max_name_length: int = 1024
+    max_san_count: int = 32
+    cert_cache_size: int = 1024
+
+
+def _parse(setting: Setting, raw: str) -> Any:
+    text = raw.strip().lower()
+
+    if setting.type is bool:
+        if text in _TRUE:
+            return True
+
+        if text in _FALSE:
+            return False
+
+        raise ValueError(f"expected true or false, got {raw!r}")
+
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {raw!r}")
+
+    return value
+
+
+def resolve(
+    kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Config:
+    """Resolve every setting; a bad environment value falls back to the default.
+
+    A misconfigured variable must not stop the application: it is reported through
+    the module logger and the default is used.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+
+    for setting in SETTINGS:
+        if kwargs.get(setting.keyword) is not None:
+            values[setting.keyword] = setting.type(kwargs[setting.keyword])
+            continue
+
+        raw = env.get(setting.env)
+        if raw is None or raw.strip() == "":
+            continue
+
+        try:
+            values[setting.keyword] = _parse(setting, raw)
+        except ValueError as exc:
+            _logger.warning(
+                "ignoring %s: %s; using the default %r",
+                setting.env,
+                exc,
+                setting.default,
+            )
+
+    return Config(**values)

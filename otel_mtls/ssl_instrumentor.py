@@ -1,0 +1,950 @@
+"""The ``ssl`` instrumentor: every handshake, client or server, becomes telemetry.
+
+Hook points, and why each is needed:
+
+- ``SSLContext.wrap_socket`` / ``wrap_bio`` install the message callback on the
+  context before the connection object exists (OpenSSL copies it into each new
+  connection), which also covers contexts created before ``instrument()``.
+- ``SSLSocket.do_handshake`` / ``SSLObject.do_handshake`` see explicit and eager
+  handshakes; the latter is called repeatedly by asyncio until it stops raising
+  ``SSLWantReadError``, so only the final call settles the outcome.
+- Lazy handshakes (``do_handshake_on_connect=False``, as gunicorn does) happen
+  inside the first read or write. Those calls are watched through attributes on
+  the one connection object, removed as soon as the outcome is known, so
+  established connections pay nothing.
+- A TLS 1.3 client's handshake returns before the server has judged its
+  certificate; when the server asked for one, the verdict stays open until the
+  first read confirms or refutes it.
+- The message callback keeps the peer's Certificate message and the alerts, so a
+  rejected certificate is still recorded and the alert is known exactly.
+"""
+
+from __future__ import annotations
+
+import _ssl
+import logging
+import ssl
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Collection
+from typing import Any, Callable, Final, Optional
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+from otel_mtls import attributes as A
+from otel_mtls import classify, tlsmsg
+from otel_mtls.certs import Attributes, CertInfo, chain_pem, make_cache, safe_text
+from otel_mtls.config import Config, resolve
+from otel_mtls.telemetry import Outcome, Recorder
+
+_logger = logging.getLogger(__name__)
+
+_STATE: Final = "_otel_mtls_state"
+
+# The C-level descriptor of the callback. The public ``SSLContext._msg_callback``
+# property wraps the callable in a function that converts every argument to an
+# enum, which costs 10-17% of bulk throughput; the raw descriptor does not.
+_MSG_CALLBACK: Final[Any] = _ssl._SSLContext.__dict__.get("_msg_callback")
+
+_WANT: Final = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+# I/O methods watched while a lazy handshake is under way, and while a TLS 1.3
+# client waits for the server's verdict (a write that fails then counts too).
+_LAZY_WATCH: Final = ("read", "write", "send")
+_PENDING_WATCH: Final = {"socket": ("read", "write", "send"), "bio": ("read", "write")}
+
+# OpenSSL names TLS 1.2 suites its own way; the conventions ask for IANA names.
+_IANA_CIPHERS: Final[dict[str, str]] = {
+    "ECDHE-ECDSA-AES128-GCM-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384": "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "ECDHE-RSA-AES128-GCM-SHA256": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "ECDHE-RSA-AES256-GCM-SHA384": "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305": "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "ECDHE-RSA-CHACHA20-POLY1305": "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "DHE-RSA-AES128-GCM-SHA256": "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256",
+    "DHE-RSA-AES256-GCM-SHA384": "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384",
+    "DHE-RSA-CHACHA20-POLY1305": "TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "ECDHE-ECDSA-AES128-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+    "ECDHE-RSA-AES128-SHA256": "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+    "AES128-GCM-SHA256": "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "AES256-GCM-SHA384": "TLS_RSA_WITH_AES_256_GCM_SHA384",
+}
+
+
+class _ConnState:
+    """What is known about one connection's handshake while it is under way."""
+
+    __slots__ = (
+        "alert_received",
+        "alert_sent",
+        "api",
+        "cert_requested",
+        "client_hello_seen",
+        "end_ns",
+        "lazy",
+        "local",
+        "own_cert",
+        "parent",
+        "peer",
+        "peer_cert",
+        "cert_version",
+        "pending",
+        "server_hello_seen",
+        "server_hostname",
+        "settled",
+        "side",
+        "start_ns",
+        "watched",
+    )
+
+    def __init__(self, side: str, api: str, server_hostname: Optional[str]) -> None:
+        self.side = side
+        self.api = api
+        self.server_hostname = server_hostname
+        self.start_ns = 0
+        self.end_ns = 0
+        self.parent: Optional[otel_context.Context] = None
+        self.lazy = False
+        self.settled = False
+        self.pending: Optional[_Pending] = None
+        self.watched: tuple[str, ...] = ()
+        self.peer: Optional[tuple[str, int]] = None
+        self.local: Optional[tuple[str, int]] = None
+        self.client_hello_seen = False
+        self.server_hello_seen = False
+        self.cert_requested = False
+        self.peer_cert: Optional[bytes] = None
+        self.cert_version = 0
+        self.own_cert: Optional[bytes] = None
+        self.alert_sent: Optional[str] = None
+        self.alert_received: Optional[str] = None
+
+    def begin(self) -> None:
+        if self.start_ns == 0:
+            self.start_ns = time.time_ns()
+            self.parent = otel_context.get_current()
+
+    def evidence(self) -> classify.Evidence:
+        return classify.Evidence(
+            side=self.side,
+            client_hello_seen=self.client_hello_seen,
+            server_hello_seen=self.server_hello_seen,
+            certificate_requested=self.cert_requested,
+            alert_sent=self.alert_sent,
+            alert_received=self.alert_received,
+        )
+
+
+class _Pending:
+    """A TLS 1.3 client verdict awaiting the first read, with its success record."""
+
+    __slots__ = ("attributes", "finalizer")
+
+    def __init__(self, attributes: Attributes) -> None:
+        self.attributes = attributes
+        self.finalizer: Optional[weakref.finalize] = None
+
+
+def _address(value: Any) -> Optional[tuple[str, int]]:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return str(value[0]), int(value[1])
+
+    return None
+
+
+def _on_message(
+    conn: Any,
+    direction: str,
+    version: int,
+    content_type: int,
+    msg_type: int,
+    data: bytes,
+) -> None:
+    """OpenSSL's message callback: keep certificates, hellos, requests, alerts.
+
+    It runs for every TLS record, so anything that is not a handshake message or
+    an alert returns at once. An exception here would surface in the
+    application's own I/O call, hence the blanket guard.
+    """
+    if content_type != tlsmsg.CONTENT_HANDSHAKE and content_type != 21:
+        return
+
+    try:
+        state = conn.__dict__.get(_STATE)
+        if state is None or state.settled and state.pending is None:
+            return
+
+        _note_message(state, direction, version, content_type, data)
+    except Exception:  # noqa: BLE001 - must never reach the application
+        _logger.debug("message callback failed", exc_info=True)
+
+
+def _note_message(
+    state: _ConnState, direction: str, version: int, content_type: int, data: bytes
+) -> None:
+    # The C layer passes the direction as the string "read" or "write".
+    written = direction == "write"
+
+    if content_type == tlsmsg.CONTENT_ALERT:
+        if len(data) >= 2 and data[1] != 0:
+            name = tlsmsg.alert_name(data[1])
+            if written:
+                state.alert_sent = name
+            else:
+                state.alert_received = name
+        return
+
+    if not data:
+        return
+
+    kind = data[0]
+    if kind == tlsmsg.HS_CERTIFICATE:
+        if written:
+            state.own_cert = data
+        else:
+            state.peer_cert = data
+        state.cert_version = version
+    elif kind == tlsmsg.HS_CLIENT_HELLO:
+        state.client_hello_seen = True
+    elif kind == tlsmsg.HS_SERVER_HELLO:
+        state.server_hello_seen = True
+    elif kind == tlsmsg.HS_CERTIFICATE_REQUEST:
+        state.cert_requested = True
+
+
+class _Hooks:
+    """The live instrumentation: configuration, recorder and the wrappers."""
+
+    def __init__(self, config: Config, recorder: Recorder) -> None:
+        self.config = config
+        self.recorder = recorder
+        self.cert_cache: Callable[[bytes], CertInfo] = make_cache(
+            config.cert_cache_size, config.max_name_length, config.max_san_count
+        )
+        self.contexts: weakref.WeakKeyDictionary[ssl.SSLContext, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.lock = threading.Lock()
+
+    # -- context and connection set-up ------------------------------------------
+
+    def install_callback(self, ctx: Any) -> None:
+        """Put the message callback on a context once, chaining a user's own."""
+        if not self.config.capture_rejected_certificates or _MSG_CALLBACK is None:
+            return
+
+        current = _MSG_CALLBACK.__get__(ctx)
+        if current is _on_message or isinstance(current, _Chained):
+            return
+
+        try:
+            with self.lock:
+                self.contexts[ctx] = current
+            _MSG_CALLBACK.__set__(
+                ctx, _on_message if current is None else _Chained(current)
+            )
+        except Exception as exc:  # noqa: BLE001
+            self.recorder.contained("callback", exc)
+
+    def restore_callbacks(self) -> None:
+        with self.lock:
+            saved = list(self.contexts.items())
+            self.contexts.clear()
+
+        for ctx, previous in saved:
+            try:
+                _MSG_CALLBACK.__set__(ctx, previous)
+            except Exception:  # noqa: BLE001
+                _logger.debug("could not restore a message callback", exc_info=True)
+
+    def wrap_socket(
+        self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+    ) -> Any:
+        if is_instrumentation_enabled():
+            self.install_callback(instance)
+
+        sock = wrapped(*args, **kwargs)
+
+        try:
+            self._after_wrap_socket(sock)
+        except Exception as exc:  # noqa: BLE001
+            self.recorder.contained("wrap_socket", exc)
+
+        return sock
+
+    def _after_wrap_socket(self, sock: Any) -> None:
+        if sock.__dict__.get(_STATE) is not None or not is_instrumentation_enabled():
+            return
+
+        if getattr(sock, "do_handshake_on_connect", True):
+            return
+
+        # The handshake will happen inside the first read or write.
+        state = self.state_for(sock, "socket")
+        if state is not None:
+            state.lazy = True
+            self.watch(sock, state, _LAZY_WATCH)
+
+    def wrap_bio(
+        self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+    ) -> Any:
+        enabled = is_instrumentation_enabled()
+        if enabled:
+            self.install_callback(instance)
+
+        obj = wrapped(*args, **kwargs)
+
+        if enabled:
+            try:
+                state = self.state_for(obj, "bio")
+                if state is not None:
+                    state.peer, state.local = _asyncio_addresses()
+            except Exception as exc:  # noqa: BLE001
+                self.recorder.contained("wrap_bio", exc)
+
+        return obj
+
+    def state_for(self, conn: Any, api: str) -> Optional[_ConnState]:
+        state: Optional[_ConnState] = conn.__dict__.get(_STATE)
+        if state is not None:
+            return state
+
+        if not is_instrumentation_enabled():
+            return None
+
+        side = "server" if conn.server_side else "client"
+        state = _ConnState(side, api, conn.server_hostname)
+        conn.__dict__[_STATE] = state
+        return state
+
+    # -- handshakes ---------------------------------------------------------------
+
+    def do_handshake(
+        self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+    ) -> Any:
+        state = self._begin(instance)
+        if state is None:
+            return wrapped(*args, **kwargs)
+
+        try:
+            result = wrapped(*args, **kwargs)
+        except _WANT:
+            raise
+        except BaseException as exc:
+            self._guarded(self.failed, instance, state, exc)
+            raise
+
+        self._guarded(self.succeeded, instance, state)
+        return result
+
+    def _begin(self, conn: Any) -> Optional[_ConnState]:
+        try:
+            api = "bio" if isinstance(conn, ssl.SSLObject) else "socket"
+            state = self.state_for(conn, api)
+            if state is None or state.settled:
+                return None
+
+            self.begin(conn, state)
+            return state
+        except Exception as exc:  # noqa: BLE001
+            self.recorder.contained("begin", exc)
+            return None
+
+    def begin(self, conn: Any, state: _ConnState) -> None:
+        if state.start_ns:
+            return
+
+        state.begin()
+        if state.api == "socket":
+            # Read now: once the peer has reset the connection it is too late.
+            state.peer, state.local = _socket_addresses(conn)
+
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception as exc:  # noqa: BLE001
+            self.recorder.contained(step.__name__, exc)
+
+    def watch(self, conn: Any, state: _ConnState, names: tuple[str, ...]) -> None:
+        """Watch the first I/O calls of one connection, through its own attributes."""
+        ref = weakref.ref(conn)
+        for name in names:
+            conn.__dict__[name] = _Watch(self, ref, name, getattr(type(conn), name))
+
+        state.watched = names
+
+    def unwatch(self, conn: Any, state: _ConnState) -> None:
+        for name in state.watched:
+            conn.__dict__.pop(name, None)
+
+        state.watched = ()
+
+    def io_returned(
+        self, conn: Any, state: _ConnState, name: str, result: Any
+    ) -> None:
+        """A watched read or write returned: the handshake (or verdict) is over."""
+        if state.pending is not None:
+            if name != "read":
+                # A write succeeds before the server's verdict has been read.
+                return
+
+            if isinstance(result, (bytes, bytearray)) and not result:
+                self.late_closed(conn, state, None)
+            elif isinstance(result, int) and result == 0:
+                self.late_closed(conn, state, None)
+            else:
+                self.confirm(conn, state)
+            return
+
+        if _negotiated(conn):
+            self.succeeded(conn, state)
+            return
+
+        # An empty read before the handshake finished: the peer went away.
+        self.unwatch(conn, state)
+        self.closed_early(conn, state)
+
+    def io_raised(self, conn: Any, state: _ConnState, exc: BaseException) -> None:
+        if state.pending is not None:
+            if classify.classify(exc, state.evidence()).reason in (
+                classify.CONNECTION_CLOSED,
+                classify.NO_CLIENT_HELLO,
+            ):
+                self.late_closed(conn, state, exc)
+            else:
+                self.late_failed(conn, state, exc)
+            return
+
+        if _negotiated(conn):
+            # The handshake had finished; this is an ordinary I/O error.
+            self.succeeded(conn, state)
+            return
+
+        self.failed(conn, state, exc)
+
+    # -- settling -----------------------------------------------------------------
+
+    def succeeded(self, conn: Any, state: _ConnState) -> None:
+        end_ns = time.time_ns()
+        attrs = self.base_attributes(conn, state)
+        self.add_session(conn, attrs)
+        self.add_certificates(conn, state, attrs, failed=False)
+        attrs[A.MTLS_OUTCOME] = "success"
+
+        if self.needs_confirmation(conn, state):
+            state.end_ns = end_ns
+            self.defer(conn, state, attrs)
+            return
+
+        attrs[A.TLS_ESTABLISHED] = True
+        self.finish(conn, state)
+        self.emit(state, attrs, end_ns, failed=False)
+
+    def failed(self, conn: Any, state: _ConnState, exc: BaseException) -> None:
+        end_ns = time.time_ns()
+        failure = classify.classify(exc, state.evidence())
+        attrs = self.base_attributes(conn, state)
+        self.add_session(conn, attrs)
+        self.add_certificates(conn, state, attrs, failed=True)
+        self.add_failure(attrs, failure)
+        self.finish(conn, state)
+        self.emit(state, attrs, end_ns, failed=True)
+
+    def closed_early(self, conn: Any, state: _ConnState) -> None:
+        end_ns = time.time_ns()
+        reason = classify.closed_reason(state.evidence())
+        attrs = self.base_attributes(conn, state)
+        self.add_certificates(conn, state, attrs, failed=True)
+        attrs[A.MTLS_OUTCOME] = "failure"
+        attrs[A.TLS_ESTABLISHED] = False
+        attrs[A.MTLS_FAILURE_REASON] = reason
+        attrs[A.ERROR_TYPE] = reason
+        self.finish(conn, state)
+        self.emit(state, attrs, end_ns, failed=True)
+
+    def needs_confirmation(self, conn: Any, state: _ConnState) -> bool:
+        """TLS 1.3 clients asked for a certificate learn the verdict later."""
+        return (
+            state.side == "client"
+            and state.cert_requested
+            and conn.version() == "TLSv1.3"
+        )
+
+    def defer(self, conn: Any, state: _ConnState, attrs: Attributes) -> None:
+        pending = _Pending(attrs)
+        state.pending = pending
+        state.settled = True
+        self.unwatch(conn, state)
+        self.watch(conn, state, _PENDING_WATCH[state.api])
+        pending.finalizer = weakref.finalize(conn, self.unconfirmed, state)
+
+    def confirm(self, conn: Any, state: _ConnState) -> None:
+        pending = self.take_pending(conn, state)
+        if pending is None:
+            return
+
+        attrs = pending.attributes
+        attrs[A.TLS_ESTABLISHED] = True
+        self.emit(state, attrs, state.end_ns, failed=False)
+
+    def unconfirmed(self, state: _ConnState) -> None:
+        """The connection went away before any read: the verdict stays provisional."""
+        try:
+            pending = state.pending
+            state.pending = None
+            if pending is None:
+                return
+
+            attrs = pending.attributes
+            attrs[A.TLS_ESTABLISHED] = False
+            self.emit(state, attrs, state.end_ns, failed=False)
+        except Exception as exc:  # noqa: BLE001
+            self.recorder.contained("unconfirmed", exc)
+
+    def late_failed(self, conn: Any, state: _ConnState, exc: BaseException) -> None:
+        pending = self.take_pending(conn, state)
+        if pending is None:
+            return
+
+        failure = classify.classify(exc, state.evidence())
+        attrs = pending.attributes
+        self.add_failure(attrs, failure)
+        attrs[A.MTLS_LATE_FAILURE] = True
+        self.emit(state, attrs, time.time_ns(), failed=True)
+
+    def late_closed(
+        self, conn: Any, state: _ConnState, exc: Optional[BaseException]
+    ) -> None:
+        pending = self.take_pending(conn, state)
+        if pending is None:
+            return
+
+        attrs = pending.attributes
+        attrs[A.MTLS_OUTCOME] = "failure"
+        attrs[A.TLS_ESTABLISHED] = False
+        attrs[A.MTLS_LATE_FAILURE] = True
+        attrs[A.MTLS_FAILURE_REASON] = classify.PROBABLY_REJECTED
+        attrs[A.ERROR_TYPE] = (
+            classify.error_type(exc) if exc is not None else classify.PROBABLY_REJECTED
+        )
+        if exc is not None:
+            attrs[A.MTLS_FAILURE_DETAIL] = safe_text(
+                str(exc), self.config.max_name_length
+            )
+        self.emit(state, attrs, time.time_ns(), failed=True)
+
+    def take_pending(self, conn: Any, state: _ConnState) -> Optional[_Pending]:
+        pending = state.pending
+        state.pending = None
+        self.unwatch(conn, state)
+        if pending is not None and pending.finalizer is not None:
+            pending.finalizer.detach()
+
+        return pending
+
+    def finish(self, conn: Any, state: _ConnState) -> None:
+        state.settled = True
+        if state.watched:
+            self.unwatch(conn, state)
+
+    def emit(
+        self, state: _ConnState, attrs: Attributes, end_ns: int, failed: bool
+    ) -> None:
+        name = A.SPAN_SERVER_HANDSHAKE
+        if state.side == "client":
+            target = attrs.get(A.SERVER_ADDRESS, "")
+            name = f"{A.SPAN_CLIENT_HANDSHAKE} {target}".rstrip()
+
+        # Certificates are kept only until the outcome is known.
+        state.peer_cert = None
+        state.own_cert = None
+
+        self.recorder.record(
+            Outcome(
+                side=state.side,
+                span_name=name,
+                parent=state.parent,
+                start_ns=state.start_ns,
+                end_ns=max(end_ns, state.start_ns),
+                attributes=attrs,
+                failed=failed,
+                summary=_summary(state.side, attrs, failed),
+            )
+        )
+
+    # -- attributes ---------------------------------------------------------------
+
+    def base_attributes(self, conn: Any, state: _ConnState) -> Attributes:
+        attrs: Attributes = {
+            A.MTLS_SIDE: state.side,
+            A.MTLS_API: state.api,
+            A.TLS_PROTOCOL_NAME: "tls",
+            A.NETWORK_TRANSPORT: "tcp",
+        }
+        if state.lazy:
+            attrs[A.MTLS_LAZY] = True
+
+        peer, local = state.peer, state.local
+
+        if peer is not None:
+            attrs[A.NETWORK_PEER_ADDRESS] = peer[0]
+            attrs[A.NETWORK_PEER_PORT] = peer[1]
+        if local is not None:
+            attrs[A.NETWORK_LOCAL_ADDRESS] = local[0]
+            attrs[A.NETWORK_LOCAL_PORT] = local[1]
+
+        if state.side == "server":
+            if peer is not None:
+                attrs[A.CLIENT_ADDRESS] = peer[0]
+                attrs[A.CLIENT_PORT] = peer[1]
+            if local is not None:
+                attrs[A.SERVER_ADDRESS] = local[0]
+                attrs[A.SERVER_PORT] = local[1]
+        else:
+            host = state.server_hostname or (peer[0] if peer else None)
+            if host:
+                attrs[A.SERVER_ADDRESS] = safe_text(host, 256)
+            if peer is not None:
+                attrs[A.SERVER_PORT] = peer[1]
+
+        if self.config.capture_rejected_certificates:
+            attrs[A.MTLS_CLIENT_CERT_REQUESTED] = state.cert_requested
+
+        return attrs
+
+    def add_session(self, conn: Any, attrs: Attributes) -> None:
+        version = conn.version()
+        if version is None:
+            return
+
+        attrs[A.TLS_PROTOCOL_VERSION] = version.replace("TLSv", "")
+        cipher = conn.cipher()
+        if cipher:
+            attrs[A.TLS_CIPHER] = _IANA_CIPHERS.get(cipher[0], cipher[0])
+        attrs[A.TLS_RESUMED] = bool(conn.session_reused)
+        alpn = conn.selected_alpn_protocol()
+        if alpn:
+            attrs[A.TLS_NEXT_PROTOCOL] = safe_text(alpn, 64)
+
+    def add_certificates(
+        self, conn: Any, state: _ConnState, attrs: Attributes, failed: bool
+    ) -> None:
+        peer_side = "client" if state.side == "server" else "server"
+        chain, source = self.peer_chain(conn, state, failed)
+
+        if chain:
+            info = self.cert_cache(chain[0])
+            attrs.update(info.attributes(peer_side))
+            attrs[f"mtls.{peer_side}.chain_length"] = len(chain)
+            attrs[A.MTLS_PEER_CERT_SOURCE] = source
+            if self.config.capture_chain_pem:
+                attrs[f"tls.{peer_side}.certificate_chain"] = chain_pem(chain)
+
+        own = self.own_chain(state)
+        if own:
+            attrs.update(self.cert_cache(own[0]).identity(state.side))
+
+        if state.side == "client" and own is not None:
+            attrs[A.MTLS_CLIENT_CERT_PRESENTED] = bool(own)
+        elif state.side == "server" and state.cert_requested and chain is not None:
+            attrs[A.MTLS_CLIENT_CERT_PRESENTED] = bool(chain)
+
+    def peer_chain(
+        self, conn: Any, state: _ConnState, failed: bool
+    ) -> tuple[Optional[list[bytes]], str]:
+        """The peer's chain: from the stdlib when verified, else the message."""
+        if not failed:
+            leaf = conn.getpeercert(binary_form=True)
+            if leaf:
+                presented = self.message_chain(state)
+                if presented and presented[0] == leaf:
+                    return presented, "verified"
+                return [leaf], "verified"
+
+        presented = self.message_chain(state)
+        if presented is not None:
+            return presented, "handshake_message"
+
+        if failed and state.side == "client":
+            unverified = _unverified_chain(conn)
+            if unverified:
+                return unverified, "unverified_chain"
+
+        return None, ""
+
+    def message_chain(self, state: _ConnState) -> Optional[list[bytes]]:
+        data = state.peer_cert
+        if data is None:
+            return None
+
+        try:
+            return tlsmsg.parse_any_certificate_message(data, state.cert_version)
+        except ValueError as exc:
+            _logger.debug("peer Certificate message not parsed: %s", exc)
+            return None
+
+    def own_chain(self, state: _ConnState) -> Optional[list[bytes]]:
+        data = state.own_cert
+        if data is None:
+            return None
+
+        try:
+            return tlsmsg.parse_any_certificate_message(data, state.cert_version)
+        except ValueError:
+            return None
+
+    def add_failure(self, attrs: Attributes, failure: classify.Failure) -> None:
+        limit = self.config.max_name_length
+        attrs[A.MTLS_OUTCOME] = "failure"
+        attrs[A.TLS_ESTABLISHED] = False
+        attrs[A.MTLS_FAILURE_REASON] = failure.reason
+        attrs[A.ERROR_TYPE] = failure.error_type
+        attrs[A.MTLS_FAILURE_DETAIL] = safe_text(failure.detail, limit)
+        if failure.verify_code is not None:
+            attrs[A.MTLS_VERIFY_CODE] = failure.verify_code
+        if failure.verify_message:
+            attrs[A.MTLS_VERIFY_MESSAGE] = safe_text(failure.verify_message, limit)
+        if failure.openssl_reason:
+            attrs[A.MTLS_OPENSSL_REASON] = failure.openssl_reason
+        if failure.alert_sent:
+            attrs[A.MTLS_ALERT_SENT] = failure.alert_sent
+        if failure.alert_received:
+            attrs[A.MTLS_ALERT_RECEIVED] = failure.alert_received
+
+
+class _Chained:
+    """Our message callback followed by one the application had installed."""
+
+    __slots__ = ("user",)
+
+    def __init__(self, user: Callable[..., Any]) -> None:
+        self.user = user
+
+    def __call__(self, *args: Any) -> Any:
+        _on_message(*args)
+        return self.user(*args)
+
+
+class _Watch:
+    """Stands in for one I/O method of one connection until its outcome is known."""
+
+    __slots__ = ("hooks", "method", "name", "ref")
+
+    def __init__(
+        self,
+        hooks: _Hooks,
+        ref: weakref.ref[Any],
+        name: str,
+        method: Callable[..., Any],
+    ) -> None:
+        self.hooks = hooks
+        self.ref = ref
+        self.name = name
+        self.method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        conn = self.ref()
+        state: Optional[_ConnState] = (
+            conn.__dict__.get(_STATE) if conn is not None else None
+        )
+        if state is None:
+            return self.method(conn, *args, **kwargs)
+
+        hooks = self.hooks
+        if state.pending is None:
+            hooks._guarded(hooks.begin, conn, state)
+
+        try:
+            result = self.method(conn, *args, **kwargs)
+        except _WANT:
+            raise
+        except BaseException as exc:
+            hooks._guarded(hooks.io_raised, conn, state, exc)
+            raise
+
+        hooks._guarded(hooks.io_returned, conn, state, self.name, result)
+        return result
+
+
+def _negotiated(conn: Any) -> bool:
+    # version() stays None until OpenSSL reports the handshake finished.
+    try:
+        return conn.version() is not None
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _socket_addresses(
+    sock: Any,
+) -> tuple[Optional[tuple[str, int]], Optional[tuple[str, int]]]:
+    try:
+        peer = _address(sock.getpeername())
+    except OSError:
+        peer = None
+
+    try:
+        local = _address(sock.getsockname())
+    except OSError:
+        local = None
+
+    return peer, local
+
+
+def _asyncio_addresses() -> tuple[Optional[tuple[str, int]], Optional[tuple[str, int]]]:
+    """Addresses of the asyncio connection whose SSL object is being created.
+
+    An ``SSLObject`` knows nothing of its socket. asyncio's SSL protocol creates
+    it with its transport at hand, a few frames up; only frames of that module
+    are looked at, so no other object can be mistaken for it.
+    """
+    frame = sys._getframe(2)
+    for _ in range(4):
+        if frame is None:
+            break
+
+        if frame.f_globals.get("__name__") == "asyncio.sslproto":
+            owner = frame.f_locals.get("self")
+            transport = getattr(owner, "_transport", None)
+            if transport is not None:
+                return (
+                    _address(transport.get_extra_info("peername")),
+                    _address(transport.get_extra_info("sockname")),
+                )
+
+        frame = frame.f_back
+
+    # TODO(#4): uvloop creates the SSLObject from compiled code, which leaves no
+    # frame to read the transport from; its handshakes are recorded without
+    # addresses.
+    return None, None
+
+
+def _unverified_chain(conn: Any) -> Optional[list[bytes]]:
+    sslobj = getattr(conn, "_sslobj", None)
+    getter = getattr(sslobj, "get_unverified_chain", None)
+    if getter is None:
+        return None
+
+    try:
+        chain = getter()
+    except Exception:  # noqa: BLE001
+        return None
+
+    if not chain:
+        return None
+
+    return [
+        item if isinstance(item, bytes) else item.public_bytes(_ssl.ENCODING_DER)
+        for item in chain
+    ]
+
+
+def _summary(side: str, attrs: Attributes, failed: bool) -> str:
+    """One line for the span status and the log body."""
+    peer_side = "client" if side == "server" else "server"
+    where = ""
+    if side == "server" and A.CLIENT_ADDRESS in attrs:
+        where = f" from {attrs[A.CLIENT_ADDRESS]}:{attrs.get(A.CLIENT_PORT, '')}"
+    elif side == "client" and A.SERVER_ADDRESS in attrs:
+        where = f" to {attrs[A.SERVER_ADDRESS]}:{attrs.get(A.SERVER_PORT, '')}"
+
+    subject = attrs.get(f"tls.{peer_side}.subject")
+    digest = attrs.get(f"tls.{peer_side}.hash.sha256")
+    who = ""
+    if digest:
+        who = f"; {peer_side} certificate {subject or '?'} sha256={digest}"
+
+    if not failed:
+        return f"TLS {side} handshake succeeded{where}{who}"
+
+    reason = attrs.get(A.MTLS_FAILURE_REASON, classify.OTHER)
+    extra = ""
+    if A.MTLS_VERIFY_CODE in attrs:
+        extra = f" (verify {attrs[A.MTLS_VERIFY_CODE]}: "
+        extra += f"{attrs.get(A.MTLS_VERIFY_MESSAGE, '')})"
+    elif A.MTLS_ALERT_RECEIVED in attrs:
+        extra = f" (alert received: {attrs[A.MTLS_ALERT_RECEIVED]})"
+
+    return f"TLS {side} handshake failed: {reason}{extra}{where}{who}"
+
+
+_PATCHES: Final = (
+    (ssl.SSLContext, "wrap_socket", "wrap_socket"),
+    (ssl.SSLContext, "wrap_bio", "wrap_bio"),
+    (ssl.SSLSocket, "do_handshake", "do_handshake"),
+    (ssl.SSLObject, "do_handshake", "do_handshake"),
+)
+
+
+def _restore(originals: list[tuple[Any, str, Any]]) -> None:
+    """Put back exactly the objects that were in the class dictionaries."""
+    for owner, name, original in reversed(originals):
+        setattr(owner, name, original)
+
+
+class SSLInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """OpenTelemetry instrumentor for the standard library's ``ssl`` module.
+
+    ``SSLInstrumentor().instrument(tracer_provider=..., meter_provider=...,
+    logger_provider=...)`` switches it on; keyword arguments named in
+    ``otel_mtls.config.SETTINGS`` override the ``OTEL_PYTHON_MTLS_*`` variables.
+    """
+
+    _hooks: Optional[_Hooks] = None
+    _originals: list[tuple[Any, str, Any]] = []  # noqa: RUF012 - one per process
+    _lock = threading.Lock()
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        # The ssl module ships with Python: nothing to check.
+        return ()
+
+    def _instrument(self, **kwargs: Any) -> None:
+        with self._lock:
+            if SSLInstrumentor._hooks is not None:
+                return
+
+            config = resolve(kwargs)
+            recorder = Recorder(
+                config,
+                tracer_provider=kwargs.get("tracer_provider"),
+                meter_provider=kwargs.get("meter_provider"),
+                logger_provider=kwargs.get("logger_provider"),
+            )
+            hooks = _Hooks(config, recorder)
+            originals: list[tuple[Any, str, Any]] = []
+
+            try:
+                for owner, name, method in _PATCHES:
+                    originals.append((owner, name, owner.__dict__[name]))
+                    wrapt.wrap_function_wrapper(owner, name, getattr(hooks, method))
+            except Exception:
+                _restore(originals)
+                raise
+
+            SSLInstrumentor._originals = originals
+
+            SSLInstrumentor._hooks = hooks
+            _logger.debug("ssl instrumentation active: %s", config)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        with self._lock:
+            hooks = SSLInstrumentor._hooks
+            SSLInstrumentor._hooks = None
+            _restore(SSLInstrumentor._originals)
+            SSLInstrumentor._originals = []
+
+            if hooks is not None:
+                hooks.restore_callbacks()
+
+
+def active_config() -> Optional[Config]:
+    """The configuration in force, or None when the instrumentation is off."""
+    hooks = SSLInstrumentor._hooks
+    return hooks.config if hooks is not None else None
