@@ -190,8 +190,10 @@ _OPENSSL_REASONS: Final[dict[str, str]] = {
     "TLSV1_ALERT_PROTOCOL_VERSION": PROTOCOL_MISMATCH,
     "HTTP_REQUEST": NOT_TLS,
     "HTTPS_PROXY_REQUEST": NOT_TLS,
-    "UNEXPECTED_EOF_WHILE_READING": CONNECTION_CLOSED,
 }
+
+# OpenSSL's word for a peer that went away mid-handshake.
+_EOF_REASON: Final = "UNEXPECTED_EOF_WHILE_READING"
 
 _ALERT_REASONS: Final[dict[str, str]] = {
     "protocol_version": PROTOCOL_MISMATCH,
@@ -315,7 +317,11 @@ def _reason(
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return TIMEOUT
 
-    if _closed(exc) or isinstance(exc, ssl.SSLSyscallError):
+    if (
+        _closed(exc)
+        or openssl_reason == _EOF_REASON
+        or isinstance(exc, ssl.SSLSyscallError)
+    ):
         return closed_reason(evidence)
 
     return OTHER

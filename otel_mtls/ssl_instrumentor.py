@@ -351,6 +351,8 @@ class _Hooks:
             if state is None or state.settled:
                 return None
 
+            # An explicit call: whatever was prepared for a lazy handshake is moot.
+            state.lazy = False
             self.begin(conn, state)
             return state
         except Exception as exc:  # noqa: BLE001

@@ -1,0 +1,705 @@
+"""Checks of collector-config/: collector and Jaeger configs, Prometheus rules, the
+Grafana dashboard, and one end-to-end run of the whole stack on loopback.
+
+The collector and Jaeger come from ``collector-config/build.sh``, which caches
+them outside the work tree; a cold build takes minutes, so those tests are marked
+slow. promtool comes from ``collector-config/install-deps.sh``. Outside CI a
+missing promtool or Go skips the tests that need it, with the reason; in CI
+(``CI`` set) it fails them, and a failed build always fails with its output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+    OTLPMetricExporter,
+)
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter,
+)
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import StatusCode
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "collector-config"
+BUILD_SCRIPT = CONFIG_DIR / "build.sh"
+PROMETHEUS_DIR = CONFIG_DIR / "prometheus"
+GRAFANA_DIR = CONFIG_DIR / "grafana"
+DASHBOARD = GRAFANA_DIR / "dashboard.json"
+
+# Every way the gateway is meant to be run: one entry per --config list.
+GATEWAY_CONFIGS: tuple[tuple[str, ...], ...] = (
+    ("gateway.yaml",),
+    ("gateway.yaml", "redaction.yaml"),
+    ("gateway.yaml", "gateway-mtls.yaml"),
+    ("gateway.yaml", "gateway-mtls.yaml", "redaction.yaml"),
+)
+JAEGER_CONFIG = "jaeger.yaml"
+NOT_COLLECTOR_CONFIGS = frozenset({"builder-config.yaml"})
+
+# Grafana's macros and the dashboard's variables, replaced by values that keep
+# each query's PromQL structure when it is handed to promtool.
+GRAFANA_SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
+    ("$__rate_interval", "1m"),
+    ("$__interval", "15s"),
+    ("$__range", "6h"),
+    ("$job", ".*"),
+)
+
+IN_CI = bool(os.environ.get("CI"))
+PROCESS_START_TIMEOUT = 60.0
+DELIVERY_TIMEOUT = 60.0
+
+
+def _missing(what: str) -> None:
+    """Skip outside CI, fail in CI, where every tool is meant to be installed."""
+    if IN_CI:
+        pytest.fail(what)
+    pytest.skip(what)
+
+
+def _run(
+    args: Sequence[str],
+    env: Optional[Mapping[str, str]] = None,
+    cwd: Optional[Path] = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args,
+        env=None if env is None else {**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _assert_ok(result: subprocess.CompletedProcess[str]) -> None:
+    command = " ".join(str(arg) for arg in result.args)
+    assert result.returncode == 0, (
+        f"{command} exited {result.returncode}\n"
+        f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    )
+
+
+def _build(target: str) -> Path:
+    if shutil.which("go") is None:
+        _missing("Go is needed to build the collector and Jaeger (build.sh)")
+
+    # A cold build compiles a few hundred modules: minutes, not seconds.
+    result = _run([str(BUILD_SCRIPT), target], timeout=3600)
+    if result.returncode != 0:
+        pytest.fail(f"build.sh {target} failed:\n{result.stderr}", pytrace=False)
+
+    binary = Path(result.stdout.strip())
+    assert binary.is_file(), f"build.sh {target} printed {result.stdout!r}"
+    return binary
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        _missing("promtool not found; run collector-config/install-deps.sh")
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="session")
+def collector() -> Path:
+    return _build("collector")
+
+
+@pytest.fixture(scope="session")
+def jaeger() -> Path:
+    return _build("jaeger")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _mtls_env(directory: Path) -> dict[str, str]:
+    """Paths for gateway-mtls.yaml; validate does not read them, a start does."""
+    return {
+        "OTEL_MTLS_GATEWAY_CERT_FILE": str(directory / "server.pem"),
+        "OTEL_MTLS_GATEWAY_KEY_FILE": str(directory / "server-key.pem"),
+        "OTEL_MTLS_GATEWAY_CLIENT_CA_FILE": str(directory / "clients-ca.pem"),
+    }
+
+
+def _config_args(names: Sequence[str], directory: Path = CONFIG_DIR) -> list[str]:
+    return [f"--config={directory / name}" for name in names]
+
+
+# Collector and Jaeger configs.
+
+
+def test_every_collector_config_is_validated() -> None:
+    shipped = {path.name for path in CONFIG_DIR.glob("*.yaml")}
+    validated = {name for names in GATEWAY_CONFIGS for name in names}
+
+    assert shipped - NOT_COLLECTOR_CONFIGS == validated | {JAEGER_CONFIG}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("names", GATEWAY_CONFIGS, ids="+".join)
+def test_gateway_config_validates(
+    collector: Path, names: tuple[str, ...], tmp_path: Path
+) -> None:
+    result = _run(
+        [str(collector), "validate", *_config_args(names)], env=_mtls_env(tmp_path)
+    )
+
+    _assert_ok(result)
+
+
+@pytest.mark.slow
+def test_validate_rejects_a_broken_gateway_config(
+    collector: Path, tmp_path: Path
+) -> None:
+    # Guards the test above: a config naming a processor it never defines must
+    # fail, or "validate" is not checking what we think it checks.
+    broken = (CONFIG_DIR / "gateway.yaml").read_text(encoding="utf-8")
+    broken = broken.replace(
+        "processors: [memory_limiter, batch]",
+        "processors: [memory_limiter, batch, attributes/undefined]",
+        1,
+    )
+    (tmp_path / "broken.yaml").write_text(broken, encoding="utf-8")
+
+    result = _run([str(collector), "validate", f"--config={tmp_path / 'broken.yaml'}"])
+
+    assert result.returncode != 0
+    assert "attributes/undefined" in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_jaeger_config_validates(jaeger: Path) -> None:
+    result = _run([str(jaeger), "validate", *_config_args([JAEGER_CONFIG])])
+
+    _assert_ok(result)
+
+
+# Prometheus.
+
+
+def test_prometheus_config_is_valid(promtool: str) -> None:
+    # check config also checks the rule files the config lists.
+    result = _run([promtool, "check", "config", "prometheus.yml"], cwd=PROMETHEUS_DIR)
+
+    _assert_ok(result)
+
+
+def test_alert_rules_are_valid(promtool: str) -> None:
+    result = _run([promtool, "check", "rules", "alerts.yml"], cwd=PROMETHEUS_DIR)
+
+    _assert_ok(result)
+
+
+def test_alert_rule_unit_tests_pass(promtool: str) -> None:
+    result = _run([promtool, "test", "rules", "alerts_test.yml"], cwd=PROMETHEUS_DIR)
+
+    _assert_ok(result)
+
+
+def _alert_names(text: str) -> set[str]:
+    return set(re.findall(r"^\s*- alert: (\S+)$", text, re.MULTILINE))
+
+
+def _alert_test_cases(text: str) -> list[tuple[str, bool]]:
+    """(alertname, expects firing) for each alert_rule_test entry."""
+    pattern = re.compile(r"^\s*alertname: (\S+)\n\s*exp_alerts:( \[\])?$", re.MULTILINE)
+    return [(m.group(1), m.group(2) is None) for m in pattern.finditer(text)]
+
+
+def test_every_alert_is_tested_firing_and_quiet() -> None:
+    alerts = _alert_names((PROMETHEUS_DIR / "alerts.yml").read_text(encoding="utf-8"))
+    cases = _alert_test_cases(
+        (PROMETHEUS_DIR / "alerts_test.yml").read_text(encoding="utf-8")
+    )
+
+    assert alerts, "no alerts found in alerts.yml"
+    assert {name for name, firing in cases if firing} == alerts
+    assert {name for name, firing in cases if not firing} == alerts
+
+
+# Grafana.
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _dashboard() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return loaded
+
+
+def _dashboard_queries() -> list[str]:
+    queries = []
+    for node in _walk(_dashboard()["panels"]):
+        if "expr" in node:
+            query = node["expr"]
+            for macro, value in GRAFANA_SUBSTITUTIONS:
+                query = query.replace(macro, value)
+            queries.append(query)
+    return queries
+
+
+def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
+    queries = _dashboard_queries()
+    assert len(queries) >= 10
+    assert not [q for q in queries if "$" in q], "unsubstituted Grafana variable"
+
+    # promtool parses PromQL only inside rule files: one recording rule each.
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{number}", "expr": query}
+                    for number, query in enumerate(queries)
+                ],
+            }
+        ]
+    }
+    rule_file = tmp_path / "dashboard-rules.yml"
+    rule_file.write_text(json.dumps(rules), encoding="utf-8")  # JSON is YAML
+
+    result = _run([promtool, "check", "rules", str(rule_file)])
+
+    _assert_ok(result)
+    assert f"SUCCESS: {len(queries)} rules found" in result.stdout
+
+
+def test_dashboard_structure() -> None:
+    dashboard = _dashboard()
+    panels = dashboard["panels"]
+    ids = [panel["id"] for panel in panels]
+
+    assert dashboard["uid"] == "otel-mtls"
+    assert isinstance(dashboard["schemaVersion"], int)
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["h"] > 0, panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["title"] and panel["description"], panel["id"]
+        assert panel["targets"], panel["title"]
+        ref_ids = [target["refId"] for target in panel["targets"]]
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+
+
+def test_dashboard_datasources_are_provisioned() -> None:
+    provisioned = set(
+        re.findall(
+            r"^\s+uid: (\S+)$",
+            (GRAFANA_DIR / "provisioning" / "datasources.yaml").read_text(
+                encoding="utf-8"
+            ),
+            re.MULTILINE,
+        )
+    )
+    used = {
+        node["datasource"]["uid"]
+        for node in _walk(_dashboard())
+        if isinstance(node.get("datasource"), dict)
+    }
+
+    assert used - {"-- Grafana --"} == provisioned
+
+
+def test_dashboard_and_alerts_use_only_known_names() -> None:
+    # The names as the gateway exposes them; the end-to-end test below checks
+    # the translation for the metrics the package emits.
+    metrics = {
+        "mtls_handshakes_total",
+        "mtls_handshake_duration_seconds_bucket",
+        "mtls_client_auth_failures_total",
+        "mtls_certificate_time_to_expiry_seconds",
+        "mtls_revocation_checks_total",
+        "mtls_server_context_audit_findings_total",
+        "mtls_instrumentation_errors_total",
+    }
+    labels = {
+        "mtls_handshake_side",
+        "mtls_handshake_outcome",
+        "mtls_failure_reason",
+        "mtls_certificate_role",
+        "mtls_revocation_result",
+        "mtls_revocation_fallback",
+        "mtls_audit_finding",
+    }
+    alerts = (PROMETHEUS_DIR / "alerts.yml").read_text(encoding="utf-8")
+    queries = " ".join(_dashboard_queries())
+
+    for text in (alerts, queries):
+        assert set(re.findall(r"\bmtls_[a-z0-9_]+", text)) <= metrics | labels
+    assert set(re.findall(r"\bmtls_[a-z0-9_]+", queries)) >= metrics
+
+
+# The whole stack on loopback.
+
+
+@dataclass
+class _Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")[-6000:]
+
+
+@dataclass
+class _Stack:
+    gateway_grpc: str
+    jaeger_query: str
+    prometheus: str
+    audit_dir: Path
+    processes: list[_Process]
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {process.name} ---\n{process.output()}" for process in self.processes
+        )
+
+
+def _http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _wait_for(
+    what: str, probe: Callable[[], bool], stack_logs: Callable[[], str], timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if probe():
+                return
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}\n{stack_logs()}", pytrace=False)
+
+
+def _start(
+    name: str, args: Sequence[str], env: Mapping[str, str], directory: Path
+) -> _Process:
+    log = directory / f"{name}.log"
+    with log.open("wb") as sink:
+        popen = subprocess.Popen(
+            args,
+            env={**os.environ, **env},
+            cwd=directory,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    return _Process(name, popen, log)
+
+
+def _stop(process: _Process) -> None:
+    process.popen.terminate()
+    try:
+        process.popen.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.popen.kill()
+        process.popen.wait()
+
+
+def _prometheus_config(directory: Path, exporter: str, telemetry: str) -> Path:
+    """A copy of prometheus.yml scraping this run's ports, every second."""
+    text = (PROMETHEUS_DIR / "prometheus.yml").read_text(encoding="utf-8")
+    text = text.replace("127.0.0.1:9464", exporter).replace("127.0.0.1:8888", telemetry)
+    text = text.replace("scrape_interval: 15s", "scrape_interval: 1s")
+    shutil.copy(PROMETHEUS_DIR / "alerts.yml", directory / "alerts.yml")
+    config = directory / "prometheus.yml"
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+@contextlib.contextmanager
+def _stack(
+    collector: Path, jaeger: Path, configs: Sequence[str], directory: Path
+) -> Iterator[_Stack]:
+    prometheus_binary = shutil.which("prometheus")
+    if prometheus_binary is None:
+        _missing("prometheus not found; run collector-config/install-deps.sh")
+    assert prometheus_binary is not None
+
+    ports = {name: _free_port() for name in ("grpc", "http", "health", "tel")}
+    ports.update({f"j_{name}": _free_port() for name in ("grpc", "http", "q", "qg")})
+    ports.update({name: _free_port() for name in ("j_health", "j_tel", "exp", "prom")})
+    env = {
+        "OTEL_MTLS_GATEWAY_GRPC_ENDPOINT": f"127.0.0.1:{ports['grpc']}",
+        "OTEL_MTLS_GATEWAY_HTTP_ENDPOINT": f"127.0.0.1:{ports['http']}",
+        "OTEL_MTLS_GATEWAY_HEALTH_ENDPOINT": f"127.0.0.1:{ports['health']}",
+        "OTEL_MTLS_GATEWAY_TELEMETRY_PORT": str(ports["tel"]),
+        "OTEL_MTLS_PROMETHEUS_EXPORTER_ENDPOINT": f"127.0.0.1:{ports['exp']}",
+        "OTEL_MTLS_AUDIT_DIR": str(directory / "audit"),
+        "OTEL_MTLS_JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['j_grpc']}",
+        "OTEL_MTLS_JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['j_http']}",
+        "OTEL_MTLS_JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{ports['j_q']}",
+        "OTEL_MTLS_JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{ports['j_qg']}",
+        "OTEL_MTLS_JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{ports['j_health']}",
+        "OTEL_MTLS_JAEGER_TELEMETRY_PORT": str(ports["j_tel"]),
+    }
+    prometheus_config = _prometheus_config(
+        directory,
+        env["OTEL_MTLS_PROMETHEUS_EXPORTER_ENDPOINT"],
+        f"127.0.0.1:{ports['tel']}",
+    )
+    stack = _Stack(
+        gateway_grpc=env["OTEL_MTLS_GATEWAY_GRPC_ENDPOINT"],
+        jaeger_query=f"http://127.0.0.1:{ports['j_q']}",
+        prometheus=f"http://127.0.0.1:{ports['prom']}",
+        audit_dir=directory / "audit",
+        processes=[],
+    )
+    commands = {
+        "jaeger": [str(jaeger), *_config_args([JAEGER_CONFIG])],
+        "gateway": [str(collector), *_config_args(configs)],
+        "prometheus": [
+            prometheus_binary,
+            f"--config.file={prometheus_config}",
+            f"--web.listen-address=127.0.0.1:{ports['prom']}",
+            f"--storage.tsdb.path={directory / 'prometheus-data'}",
+        ],
+    }
+    probes = {
+        "jaeger": f"{stack.jaeger_query}/api/services",
+        "gateway": f"http://{env['OTEL_MTLS_GATEWAY_HEALTH_ENDPOINT']}/",
+        "prometheus": f"{stack.prometheus}/-/ready",
+    }
+    try:
+        for name, command in commands.items():
+            stack.processes.append(_start(name, command, env, directory))
+            url = probes[name]
+            _wait_for(
+                f"{name} at {url}",
+                lambda url=url: _http_get(url)[0] == 200,  # type: ignore[misc]
+                stack.logs,
+                PROCESS_START_TIMEOUT,
+            )
+        yield stack
+    finally:
+        for process in reversed(stack.processes):
+            _stop(process)
+
+
+# What the test sends: one failed server-side handshake, as the package reports it.
+CLIENT_FINGERPRINT = "3F0A" * 16
+CLIENT_SUBJECT = "CN=mallory,O=Example"
+CLIENT_ADDRESS = "192.0.2.44"
+FAILURE_ATTRIBUTES: dict[str, str] = {
+    "mtls.handshake.side": "server",
+    "mtls.handshake.outcome": "failure",
+    "mtls.failure.reason": "unknown_ca",
+    "tls.protocol.version": "1.3",
+}
+
+
+def _send_failed_handshake(endpoint: str, service: str) -> None:
+    resource = Resource.create({"service.name": service})
+    identity = {
+        "tls.client.hash.sha256": CLIENT_FINGERPRINT,
+        "tls.client.subject": CLIENT_SUBJECT,
+        "client.address": CLIENT_ADDRESS,
+    }
+
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(
+        SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True))
+    )
+    with tracer_provider.get_tracer("otel_mtls").start_as_current_span(
+        "TLS server handshake", attributes={**FAILURE_ATTRIBUTES, **identity}
+    ) as span:
+        span.set_status(StatusCode.ERROR, "unknown_ca")
+
+        logger_provider = LoggerProvider(resource=resource)
+        logger_provider.add_log_record_processor(
+            SimpleLogRecordProcessor(OTLPLogExporter(endpoint=endpoint, insecure=True))
+        )
+        logger_provider.get_logger("otel_mtls").emit(
+            event_name="mtls.handshake.failed",
+            severity_number=SeverityNumber.WARN,
+            severity_text="WARN",
+            body="TLS handshake failed: unknown_ca",
+            attributes={**FAILURE_ATTRIBUTES, **identity},
+        )
+
+    def expiry(_: CallbackOptions) -> list[Observation]:
+        attributes = {
+            "mtls.certificate.role": "served",
+            "tls.server.hash.sha256": "AB" * 32,
+        }
+        return [Observation(86400 * 10, attributes)]
+
+    reader = PeriodicExportingMetricReader(
+        OTLPMetricExporter(endpoint=endpoint, insecure=True),
+        export_interval_millis=3_600_000,
+    )
+    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+    meter = meter_provider.get_meter("otel_mtls")
+    meter.create_counter("mtls.handshakes", unit="{handshake}").add(
+        1, FAILURE_ATTRIBUTES
+    )
+    meter.create_histogram("mtls.handshake.duration", unit="s").record(
+        0.012, FAILURE_ATTRIBUTES
+    )
+    meter.create_observable_gauge(
+        "mtls.certificate.time_to_expiry", callbacks=[expiry], unit="s"
+    )
+
+    tracer_provider.shutdown()
+    logger_provider.shutdown()
+    meter_provider.shutdown()
+
+
+def _prometheus_series(stack: _Stack, query: str) -> list[dict[str, Any]]:
+    url = f"{stack.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    status, body = _http_get(url)
+    assert status == 200, body
+    result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
+    return result
+
+
+def _wait_for_series(stack: _Stack, query: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def probe() -> bool:
+        found[:] = _prometheus_series(stack, query)
+        return bool(found)
+
+    _wait_for(f"Prometheus series {query}", probe, stack.logs, DELIVERY_TIMEOUT)
+    return found
+
+
+def _jaeger_spans(stack: _Stack, service: str) -> list[dict[str, Any]]:
+    url = f"{stack.jaeger_query}/api/traces?" + urllib.parse.urlencode(
+        {"service": service}
+    )
+    status, body = _http_get(url)
+    if status != 200:
+        return []
+    traces = json.loads(body).get("data") or []
+    return [span for trace in traces for span in trace["spans"]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("redacted", [False, True], ids=["plain", "redacted"])
+def test_stack_delivers_telemetry(
+    collector: Path, jaeger: Path, tmp_path: Path, redacted: bool
+) -> None:
+    configs = ("gateway.yaml", "redaction.yaml") if redacted else ("gateway.yaml",)
+    service = f"otel-mtls-test-{uuid.uuid4().hex[:8]}"
+    expected_address = (
+        hashlib.sha256(CLIENT_ADDRESS.encode()).hexdigest()
+        if redacted
+        else CLIENT_ADDRESS
+    )
+
+    with _stack(collector, jaeger, configs, tmp_path) as stack:
+        _send_failed_handshake(stack.gateway_grpc, service)
+
+        handshakes = _wait_for_series(
+            stack, f'mtls_handshakes_total{{job="{service}"}}'
+        )
+        failures = _wait_for_series(
+            stack, f'mtls_client_auth_failures_total{{job="{service}"}}'
+        )
+        _wait_for_series(
+            stack, f'mtls_handshake_duration_seconds_bucket{{job="{service}"}}'
+        )
+        expiry = _wait_for_series(
+            stack, f'mtls_certificate_time_to_expiry_seconds{{job="{service}"}}'
+        )
+        spans: list[dict[str, Any]] = []
+
+        def spans_arrived() -> bool:
+            spans[:] = _jaeger_spans(stack, service)
+            return bool(spans)
+
+        _wait_for("spans in Jaeger", spans_arrived, stack.logs, DELIVERY_TIMEOUT)
+        audit_logs = stack.audit_dir / "logs.jsonl"
+        _wait_for(
+            "the audit log file",
+            lambda: audit_logs.is_file() and audit_logs.stat().st_size > 0,
+            stack.logs,
+            DELIVERY_TIMEOUT,
+        )
+
+    assert len(handshakes) == 1
+    assert handshakes[0]["metric"] == {
+        "__name__": "mtls_handshakes_total",
+        "job": service,
+        "instance": handshakes[0]["metric"]["instance"],
+        "otel_scope_name": "otel_mtls",
+        "mtls_handshake_side": "server",
+        "mtls_handshake_outcome": "failure",
+        "mtls_failure_reason": "unknown_ca",
+        "tls_protocol_version": "1.3",
+    } | {k: v for k, v in handshakes[0]["metric"].items() if k.startswith("otel_")}
+    assert handshakes[0]["value"][1] == "1"
+
+    assert len(failures) == 1
+    assert failures[0]["value"][1] == "1"
+    labels = failures[0]["metric"]
+    assert labels["tls_client_hash_sha256"] == CLIENT_FINGERPRINT
+    assert labels["client_address"] == expected_address
+    assert labels["mtls_failure_reason"] == "unknown_ca"
+
+    assert expiry[0]["value"][1] == str(86400 * 10)
+
+    assert [span["operationName"] for span in spans] == ["TLS server handshake"]
+    tags = {tag["key"]: tag["value"] for tag in spans[0]["tags"]}
+    assert tags["mtls.failure.reason"] == "unknown_ca"
+    assert tags["client.address"] == expected_address
+    assert ("tls.client.subject" in tags) is not redacted
+
+    audit = audit_logs.read_text(encoding="utf-8")
+    assert "mtls.handshake.failed" in audit
+    assert (CLIENT_SUBJECT in audit) is not redacted
+    assert (CLIENT_ADDRESS in audit) is not redacted
