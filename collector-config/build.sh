@@ -51,13 +51,25 @@ run_logged() {
     fi
 }
 
-# Move a finished build into its final place. Another run may have finished the
-# same build meanwhile; its copy is as good as ours.
+# Move a finished build into its final place. Where flock is missing, another
+# run may have finished the same build meanwhile; its copy is as good as ours.
 publish() {
     local staging=$1 final=$2
 
     if ! mv -T "$staging" "$final" 2>/dev/null; then
         rm -rf "$staging"
+    fi
+}
+
+# Serialise builds of the same key: a second run (another test session, say)
+# waits for the first and then finds its binary, instead of compiling the same
+# modules a second time on the same cores. Without flock, runs just overlap.
+lock() {
+    local lockfile=$1
+
+    if command -v flock >/dev/null; then
+        exec {lock_fd}>"$lockfile"
+        flock "$lock_fd"
     fi
 }
 
@@ -93,8 +105,14 @@ build_collector() {
         return
     fi
 
-    builder=$(builder_binary)
     mkdir -p "$cache"
+    lock "$final.lock"
+    if [[ -x "$final/otelcol-mtls/otelcol-mtls" ]]; then
+        printf '%s\n' "$final/otelcol-mtls/otelcol-mtls"
+        return
+    fi
+
+    builder=$(builder_binary)
     staging=$(mktemp -d "$final.tmp.XXXXXX")
     started=$SECONDS
     log "building the collector in $staging (a few minutes when cold)"
@@ -126,6 +144,12 @@ build_jaeger() {
     fi
 
     mkdir -p "$cache"
+    lock "$final.lock"
+    if [[ -x "$final/jaeger" ]]; then
+        printf '%s\n' "$final/jaeger"
+        return
+    fi
+
     staging=$(mktemp -d "$final.tmp.XXXXXX")
     started=$SECONDS
     log "building Jaeger $JAEGER_VERSION in $staging (several minutes when cold)"

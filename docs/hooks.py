@@ -78,7 +78,7 @@ def render_reference() -> str:
 
         rows = []
         for d in entries:
-            source = "OpenTelemetry semantic conventions" if d.semconv else "otel-mtls"
+            source = "OpenTelemetry semconv" if d.semconv else "otel-mtls (`mtls.`)"
             row = [_code(d.name), _cell(d.type), source, _cell(d.description)]
             if with_examples:
                 row.append(_code(d.example))

@@ -62,6 +62,7 @@ MTLS_CLIENT_CERT_REQUESTED: Final = "mtls.client_certificate.requested"
 MTLS_CLIENT_CERT_PRESENTED: Final = "mtls.client_certificate.presented"
 MTLS_PEER_CERT_SOURCE: Final = "mtls.peer_certificate.source"
 MTLS_PARSE_ERROR: Final = "mtls.certificate.parse_error"
+MTLS_INSTRUMENTATION_STAGE: Final = "mtls.instrumentation.stage"
 
 MTLS_CLIENT_SERIAL: Final = "mtls.client.serial_number"
 MTLS_CLIENT_SANS: Final = "mtls.client.alternative_names"
@@ -192,7 +193,13 @@ REGISTRY: Final[tuple[Definition, ...]] = (
         "ssl.SSLCertVerificationError",
     ),
     _attr(MTLS_SIDE, "string", "Role of this process: `client` or `server`.", "server"),
-    _attr(MTLS_OUTCOME, "string", "`success` or `failure`.", "failure"),
+    _attr(
+        MTLS_OUTCOME,
+        "string",
+        "`success`, `failure`, or `unconfirmed` (a TLS 1.3 client closed before "
+        "the server's verdict could be read).",
+        "failure",
+    ),
     _attr(
         MTLS_LAZY,
         "boolean",
@@ -268,6 +275,12 @@ REGISTRY: Final[tuple[Definition, ...]] = (
         "string",
         "Why a certificate could not be parsed, with its SHA-256.",
         "invalid DER (sha256=...)",
+    ),
+    _attr(
+        MTLS_INSTRUMENTATION_STAGE,
+        "string",
+        "Only on `mtls.instrumentation.errors`: where the contained error arose.",
+        "span",
     ),
     Definition(
         METRIC_HANDSHAKE_DURATION,

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Final, Union
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID
 
 from otel_mtls import attributes as A
 
@@ -115,9 +114,7 @@ def _general_name(entry: x509.GeneralName, limit: int) -> str:
 
 def _sans(cert: x509.Certificate, limit: int, count: int) -> list[str]:
     try:
-        extension = cert.extensions.get_extension_for_oid(
-            ExtensionOID.SUBJECT_ALTERNATIVE_NAME
-        )
+        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
 

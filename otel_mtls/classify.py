@@ -77,8 +77,7 @@ REASONS: Final[tuple[Reason, ...]] = (
     ),
     Reason(
         CRL_EXPIRED,
-        "The CRL in use is past its nextUpdate or not yet valid (verify codes 11, "
-        "12).",
+        "The CRL in use is past its nextUpdate or not yet valid (verify codes 11, 12).",
         "A CRL that is no longer refreshed.",
     ),
     Reason(
@@ -117,9 +116,10 @@ REASONS: Final[tuple[Reason, ...]] = (
     ),
     Reason(
         PROBABLY_REJECTED,
-        "TLS 1.3 client: the server asked for a certificate and closed the "
-        "connection right after the handshake, before sending any data, without "
-        "an alert (what asyncio servers do when they reject a certificate).",
+        "Client: the server asked for a certificate, then closed the connection "
+        "without an alert, during the handshake (TLS 1.2) or right after it, "
+        "before sending any data (TLS 1.3): what asyncio servers do when they "
+        "reject a certificate.",
         "Our client certificate was rejected by an asyncio-based server.",
     ),
     Reason(
@@ -331,5 +331,9 @@ def closed_reason(evidence: Evidence) -> str:
     """The reason for a handshake the peer abandoned without an error message."""
     if evidence.side == "server" and not evidence.client_hello_seen:
         return NO_CLIENT_HELLO
+
+    if evidence.side == "client" and evidence.certificate_requested:
+        # Asked for a certificate, then dropped: how asyncio servers refuse one.
+        return PROBABLY_REJECTED
 
     return CONNECTION_CLOSED

@@ -22,6 +22,7 @@ Hook points, and why each is needed:
 from __future__ import annotations
 
 import _ssl
+import asyncio.sslproto
 import logging
 import ssl
 import sys
@@ -29,6 +30,7 @@ import threading
 import time
 import weakref
 from collections.abc import Collection
+from types import FrameType
 from typing import Any, Callable, Final, Optional
 
 import wrapt
@@ -86,15 +88,17 @@ class _ConnState:
         "alert_sent",
         "api",
         "cert_requested",
+        "cert_version",
         "client_hello_seen",
         "end_ns",
+        "finalizer",
         "lazy",
         "local",
         "own_cert",
+        "owner",
         "parent",
         "peer",
         "peer_cert",
-        "cert_version",
         "pending",
         "server_hello_seen",
         "server_hostname",
@@ -117,6 +121,8 @@ class _ConnState:
         self.watched: tuple[str, ...] = ()
         self.peer: Optional[tuple[str, int]] = None
         self.local: Optional[tuple[str, int]] = None
+        self.owner: Optional[weakref.ref[Any]] = None
+        self.finalizer: Optional[weakref.finalize[..., None]] = None
         self.client_hello_seen = False
         self.server_hello_seen = False
         self.cert_requested = False
@@ -145,11 +151,10 @@ class _ConnState:
 class _Pending:
     """A TLS 1.3 client verdict awaiting the first read, with its success record."""
 
-    __slots__ = ("attributes", "finalizer")
+    __slots__ = ("attributes",)
 
     def __init__(self, attributes: Attributes) -> None:
         self.attributes = attributes
-        self.finalizer: Optional[weakref.finalize] = None
 
 
 def _address(value: Any) -> Optional[tuple[str, int]]:
@@ -159,7 +164,7 @@ def _address(value: Any) -> Optional[tuple[str, int]]:
     return None
 
 
-def _on_message(
+def _on_message(  # noqa: PLR0917 - the signature is the C layer's
     conn: Any,
     direction: str,
     version: int,
@@ -173,16 +178,17 @@ def _on_message(
     an alert returns at once. An exception here would surface in the
     application's own I/O call, hence the blanket guard.
     """
-    if content_type != tlsmsg.CONTENT_HANDSHAKE and content_type != 21:
+    # Two integer comparisons: the cheapest test on the hottest path.
+    if content_type != tlsmsg.CONTENT_HANDSHAKE and content_type != 21:  # noqa: PLR1714
         return
 
     try:
         state = conn.__dict__.get(_STATE)
-        if state is None or state.settled and state.pending is None:
+        if state is None or (state.settled and state.pending is None):
             return
 
         _note_message(state, direction, version, content_type, data)
-    except Exception:  # noqa: BLE001 - must never reach the application
+    except Exception:
         _logger.debug("message callback failed", exc_info=True)
 
 
@@ -261,7 +267,7 @@ class _Hooks:
         for ctx, previous in saved:
             try:
                 _MSG_CALLBACK.__set__(ctx, previous)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 _logger.debug("could not restore a message callback", exc_info=True)
 
     def wrap_socket(
@@ -305,11 +311,37 @@ class _Hooks:
             try:
                 state = self.state_for(obj, "bio")
                 if state is not None:
-                    state.peer, state.local = _asyncio_addresses()
+                    state.owner = _asyncio_protocol()
+                    if state.side == "client":
+                        # uvloop keeps the bound read method it takes right
+                        # after this call, so the watch must already be there.
+                        self.watch(obj, state, ("read",))
             except Exception as exc:  # noqa: BLE001
                 self.recorder.contained("wrap_bio", exc)
 
         return obj
+
+    def connection_lost(
+        self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+    ) -> Any:
+        """asyncio SSL protocol: a TLS 1.3 verdict still open is settled by EOF.
+
+        asyncio does not pass a bare TCP close to the SSL object, so a client
+        whose certificate a server refused by closing is only told here.
+        """
+        try:
+            obj = _protocol_ssl_object(instance)
+            state = obj.__dict__.get(_STATE) if obj is not None else None
+            exc = args[0] if args else kwargs.get("exc")
+            if state is not None and state.pending is not None:
+                self.late_closed(obj, state, exc)
+            elif state is not None and not state.settled and state.start_ns:
+                lost = exc or ConnectionResetError("connection lost in the handshake")
+                self.failed(obj, state, lost)
+        except Exception as error:  # noqa: BLE001
+            self.recorder.contained("connection_lost", error)
+
+        return wrapped(*args, **kwargs)
 
     def state_for(self, conn: Any, api: str) -> Optional[_ConnState]:
         state: Optional[_ConnState] = conn.__dict__.get(_STATE)
@@ -367,6 +399,11 @@ class _Hooks:
         if state.api == "socket":
             # Read now: once the peer has reset the connection it is too late.
             state.peer, state.local = _socket_addresses(conn)
+        else:
+            if state.owner is not None:
+                state.peer, state.local = _transport_addresses(state.owner())
+            # An event loop may drop the SSL object without a further call.
+            state.finalizer = weakref.finalize(conn, self.abandoned, state)
 
     def _guarded(self, step: Callable[..., None], *args: Any) -> None:
         try:
@@ -388,18 +425,16 @@ class _Hooks:
 
         state.watched = ()
 
-    def io_returned(
-        self, conn: Any, state: _ConnState, name: str, result: Any
-    ) -> None:
+    def io_returned(self, conn: Any, state: _ConnState, name: str, result: Any) -> None:
         """A watched read or write returned: the handshake (or verdict) is over."""
         if state.pending is not None:
             if name != "read":
                 # A write succeeds before the server's verdict has been read.
                 return
 
-            if isinstance(result, (bytes, bytearray)) and not result:
-                self.late_closed(conn, state, None)
-            elif isinstance(result, int) and result == 0:
+            if (isinstance(result, (bytes, bytearray)) and not result) or (
+                isinstance(result, int) and result == 0
+            ):
                 self.late_closed(conn, state, None)
             else:
                 self.confirm(conn, state)
@@ -453,7 +488,8 @@ class _Hooks:
         end_ns = time.time_ns()
         failure = classify.classify(exc, state.evidence())
         attrs = self.base_attributes(conn, state)
-        self.add_session(conn, attrs)
+        if conn is not None:
+            self.add_session(conn, attrs)
         self.add_certificates(conn, state, attrs, failed=True)
         self.add_failure(attrs, failure)
         self.finish(conn, state)
@@ -485,7 +521,8 @@ class _Hooks:
         state.settled = True
         self.unwatch(conn, state)
         self.watch(conn, state, _PENDING_WATCH[state.api])
-        pending.finalizer = weakref.finalize(conn, self.unconfirmed, state)
+        if state.finalizer is None:
+            state.finalizer = weakref.finalize(conn, self.abandoned, state)
 
     def confirm(self, conn: Any, state: _ConnState) -> None:
         pending = self.take_pending(conn, state)
@@ -501,11 +538,15 @@ class _Hooks:
         try:
             pending = state.pending
             state.pending = None
+            state.finalizer = None
             if pending is None:
                 return
 
+            # Never read from: nothing says the server accepted the certificate,
+            # and a dashboard must not count this as a success.
             attrs = pending.attributes
             attrs[A.TLS_ESTABLISHED] = False
+            attrs[A.MTLS_OUTCOME] = "unconfirmed"
             self.emit(state, attrs, state.end_ns, failed=False)
         except Exception as exc:  # noqa: BLE001
             self.recorder.contained("unconfirmed", exc)
@@ -545,16 +586,32 @@ class _Hooks:
     def take_pending(self, conn: Any, state: _ConnState) -> Optional[_Pending]:
         pending = state.pending
         state.pending = None
-        self.unwatch(conn, state)
-        if pending is not None and pending.finalizer is not None:
-            pending.finalizer.detach()
-
+        self.finish(conn, state)
         return pending
 
     def finish(self, conn: Any, state: _ConnState) -> None:
         state.settled = True
-        if state.watched:
+        if state.watched and conn is not None:
             self.unwatch(conn, state)
+
+        if state.finalizer is not None:
+            state.finalizer.detach()
+            state.finalizer = None
+
+    def abandoned(self, state: _ConnState) -> None:
+        """The SSL object was collected with its outcome still open.
+
+        uvloop tells the SSL object nothing when the peer closes, so this is how
+        its connections that died during (or right after) a handshake are seen.
+        """
+        try:
+            if state.pending is not None:
+                self.unconfirmed(state)
+            elif not state.settled and state.start_ns:
+                lost = ConnectionResetError("connection lost during the handshake")
+                self.failed(None, state, lost)
+        except Exception as exc:  # noqa: BLE001
+            self.recorder.contained("abandoned", exc)
 
     def emit(
         self, state: _ConnState, attrs: Attributes, end_ns: int, failed: bool
@@ -674,7 +731,7 @@ class _Hooks:
         if presented is not None:
             return presented, "handshake_message"
 
-        if failed and state.side == "client":
+        if failed and state.side == "client" and conn is not None:
             unverified = _unverified_chain(conn)
             if unverified:
                 return unverified, "unverified_chain"
@@ -756,7 +813,7 @@ class _Watch:
         state: Optional[_ConnState] = (
             conn.__dict__.get(_STATE) if conn is not None else None
         )
-        if state is None:
+        if state is None or (state.settled and state.pending is None):
             return self.method(conn, *args, **kwargs)
 
         hooks = self.hooks
@@ -799,33 +856,54 @@ def _socket_addresses(
     return peer, local
 
 
-def _asyncio_addresses() -> tuple[Optional[tuple[str, int]], Optional[tuple[str, int]]]:
-    """Addresses of the asyncio connection whose SSL object is being created.
+def _asyncio_protocol() -> Optional[weakref.ref[Any]]:
+    """The asyncio SSL protocol creating the SSL object being wrapped, if any.
 
     An ``SSLObject`` knows nothing of its socket. asyncio's SSL protocol creates
-    it with its transport at hand, a few frames up; only frames of that module
-    are looked at, so no other object can be mistaken for it.
+    it a frame or two up (in ``__init__`` on 3.11+, through its pipe before);
+    only frames of that module are looked at, so no other object can be taken
+    for it. Its transport, and so the addresses, are read once the handshake
+    starts, when the protocol has been connected.
     """
-    frame = sys._getframe(2)
+    frame: Optional[FrameType] = sys._getframe(2)
     for _ in range(4):
         if frame is None:
             break
 
         if frame.f_globals.get("__name__") == "asyncio.sslproto":
             owner = frame.f_locals.get("self")
-            transport = getattr(owner, "_transport", None)
-            if transport is not None:
-                return (
-                    _address(transport.get_extra_info("peername")),
-                    _address(transport.get_extra_info("sockname")),
-                )
+            if owner is not None and hasattr(owner, "_app_protocol"):
+                return weakref.ref(owner)
 
         frame = frame.f_back
 
     # TODO(#4): uvloop creates the SSLObject from compiled code, which leaves no
     # frame to read the transport from; its handshakes are recorded without
     # addresses.
-    return None, None
+    return None
+
+
+def _transport_addresses(
+    owner: Any,
+) -> tuple[Optional[tuple[str, int]], Optional[tuple[str, int]]]:
+    transport = getattr(owner, "_transport", None)
+    if transport is None:
+        return None, None
+
+    return (
+        _address(transport.get_extra_info("peername")),
+        _address(transport.get_extra_info("sockname")),
+    )
+
+
+def _protocol_ssl_object(protocol: Any) -> Any:
+    """The SSL object of an asyncio SSL protocol (3.11+ keeps it, 3.9 a pipe)."""
+    obj = protocol.__dict__.get("_sslobj")
+    if obj is None:
+        pipe = protocol.__dict__.get("_sslpipe")
+        obj = getattr(pipe, "ssl_object", None)
+
+    return obj
 
 
 def _unverified_chain(conn: Any) -> Optional[list[bytes]]:
@@ -882,6 +960,7 @@ _PATCHES: Final = (
     (ssl.SSLContext, "wrap_bio", "wrap_bio"),
     (ssl.SSLSocket, "do_handshake", "do_handshake"),
     (ssl.SSLObject, "do_handshake", "do_handshake"),
+    (asyncio.sslproto.SSLProtocol, "connection_lost", "connection_lost"),
 )
 
 

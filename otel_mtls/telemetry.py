@@ -8,6 +8,7 @@ exception in the application or a changed handshake.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -137,7 +138,9 @@ class Recorder:
 
     def _metrics(self, outcome: Outcome) -> None:
         source = outcome.attributes
-        labels = {name: source[name] for name in A.METRIC_ATTRIBUTES if name in source}
+        labels: dict[str, Any] = {
+            name: source[name] for name in A.METRIC_ATTRIBUTES if name in source
+        }
         seconds = max(outcome.end_ns - outcome.start_ns, 0) / 1e9
 
         self._handshakes.add(1, labels)
@@ -160,10 +163,9 @@ class Recorder:
 
     def contained(self, where: str, exc: BaseException) -> None:
         """Count an instrumentation error; warn once, then only at debug level."""
-        try:
-            self._errors.add(1, {"mtls.instrumentation.stage": where})
-        except Exception:  # noqa: BLE001, S110 - the counter itself may be broken
-            pass
+        # The counter itself may be what is broken.
+        with contextlib.suppress(Exception):
+            self._errors.add(1, {A.MTLS_INSTRUMENTATION_STAGE: where})
 
         with self._warn_lock:
             first = not self._warned

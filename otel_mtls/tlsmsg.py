@@ -154,8 +154,7 @@ def parse_certificate_message(data: bytes, tls13: bool) -> list[bytes]:
     list_length = reader.uint(3)
     if list_length != reader.remaining():
         raise ValueError(
-            f"certificate list length {list_length} does not match "
-            f"{reader.remaining()}"
+            f"certificate list length {list_length} does not match {reader.remaining()}"
         )
 
     certificates: list[bytes] = []

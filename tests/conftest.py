@@ -26,12 +26,10 @@ from otel_mtls import pki as pki_module
 from otel_mtls.ssl_instrumentor import SSLInstrumentor
 
 try:  # The exporter was renamed; the old name warns on new SDKs.
-    from opentelemetry.sdk._logs.export import (  # type: ignore[attr-defined]
-        InMemoryLogRecordExporter as InMemoryLogs,
-    )
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 except ImportError:  # pragma: no cover - older SDKs
-    from opentelemetry.sdk._logs.export import (  # type: ignore[attr-defined,no-redef]
-        InMemoryLogExporter as InMemoryLogs,
+    from opentelemetry.sdk._logs.export import (  # type: ignore[attr-defined,no-redef,unused-ignore]
+        InMemoryLogExporter as InMemoryLogRecordExporter,
     )
 
 TIMEOUT = 5.0
@@ -82,7 +80,10 @@ class Telemetry:
                         continue
                     for point in item.data.data_points:
                         key = tuple(sorted((point.attributes or {}).items()))
-                        result[key] = int(getattr(point, "value", point.count))
+                        value: Any = getattr(point, "value", None)
+                        if value is None:
+                            value = getattr(point, "count", 0)
+                        result[key] = int(value)
 
         return result
 
@@ -96,7 +97,7 @@ def make_telemetry() -> Telemetry:
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
 
-    log_exporter = InMemoryLogs()
+    log_exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call,unused-ignore]
     logger_provider = LoggerProvider()
     logger_provider.add_log_record_processor(SimpleLogRecordProcessor(log_exporter))
 
@@ -144,6 +145,7 @@ class Result:
 
     server: Any = None
     client: Any = None
+    port: int = 0
     client_port: int = 0
     server_data: bytes = b""
     client_data: bytes = b""
@@ -170,7 +172,7 @@ def serve_once(
     result = Result()
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(TIMEOUT)
-    port = listener.getsockname()[1]
+    port = result.port = listener.getsockname()[1]
 
     def server() -> None:
         try:

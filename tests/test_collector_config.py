@@ -485,6 +485,8 @@ def _stack(
         "OTEL_MTLS_JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{ports['j_health']}",
         "OTEL_MTLS_JAEGER_TELEMETRY_PORT": str(ports["j_tel"]),
     }
+    # The file exporter creates its files, not their directory.
+    (directory / "audit").mkdir()
     prometheus_config = _prometheus_config(
         directory,
         env["OTEL_MTLS_PROMETHEUS_EXPORTER_ENDPOINT"],
@@ -672,21 +674,24 @@ def test_stack_delivers_telemetry(
         )
 
     assert len(handshakes) == 1
-    assert handshakes[0]["metric"] == {
+    # Every resource attribute but service.name and service.instance.id goes to
+    # target_info; the scope becomes otel_scope_* labels.
+    labels = handshakes[0]["metric"]
+    assert labels == {
         "__name__": "mtls_handshakes_total",
         "job": service,
-        "instance": handshakes[0]["metric"]["instance"],
+        "instance": labels["instance"],
         "otel_scope_name": "otel_mtls",
-        "mtls_handshake_side": "server",
-        "mtls_handshake_outcome": "failure",
-        "mtls_failure_reason": "unknown_ca",
-        "tls_protocol_version": "1.3",
-    } | {k: v for k, v in handshakes[0]["metric"].items() if k.startswith("otel_")}
+        "otel_scope_schema_url": "",
+        "otel_scope_version": "",
+        **{key.replace(".", "_"): value for key, value in FAILURE_ATTRIBUTES.items()},
+    }
     assert handshakes[0]["value"][1] == "1"
 
     assert len(failures) == 1
     assert failures[0]["value"][1] == "1"
     labels = failures[0]["metric"]
+    assert labels["otel_scope_name"].endswith("/connector/countconnector")
     assert labels["tls_client_hash_sha256"] == CLIENT_FINGERPRINT
     assert labels["client_address"] == expected_address
     assert labels["mtls_failure_reason"] == "unknown_ca"
