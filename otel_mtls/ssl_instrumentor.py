@@ -211,12 +211,16 @@ def _note_message(
         return
 
     kind = data[0]
+    if state.server_hello_seen:
+        # From here on the callback reports the negotiated version, which a
+        # failed handshake's connection no longer tells.
+        state.cert_version = version
+
     if kind == tlsmsg.HS_CERTIFICATE:
         if written:
             state.own_cert = data
         else:
             state.peer_cert = data
-        state.cert_version = version
     elif kind == tlsmsg.HS_CLIENT_HELLO:
         state.client_hello_seen = True
     elif kind == tlsmsg.HS_SERVER_HELLO:
@@ -490,6 +494,10 @@ class _Hooks:
         attrs = self.base_attributes(conn, state)
         if conn is not None:
             self.add_session(conn, attrs)
+        if A.TLS_PROTOCOL_VERSION not in attrs and state.cert_version:
+            name = tlsmsg.VERSION_NAMES.get(state.cert_version)
+            if name:
+                attrs[A.TLS_PROTOCOL_VERSION] = name
         self.add_certificates(conn, state, attrs, failed=True)
         self.add_failure(attrs, failure)
         self.finish(conn, state)

@@ -22,6 +22,13 @@ HS_FINISHED: Final = 20
 
 TLS13_VERSION: Final = 0x0304
 
+VERSION_NAMES: Final[dict[int, str]] = {
+    0x0304: "1.3",
+    0x0303: "1.2",
+    0x0302: "1.1",
+    0x0301: "1.0",
+}
+
 # A chain longer than this is hostile or broken; what follows is not recorded.
 MAX_CERTIFICATES: Final = 16
 

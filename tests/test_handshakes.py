@@ -106,6 +106,7 @@ def test_server_records_each_client_credential(
         return
 
     assert isinstance(result.server, ssl.SSLError)
+    assert attrs[A.TLS_PROTOCOL_VERSION] == ("1.3" if version == V13 else "1.2")
     assert attrs[A.MTLS_OUTCOME] == "failure"
     assert attrs[A.TLS_ESTABLISHED] is False
     assert attrs[A.MTLS_FAILURE_REASON] == reason
