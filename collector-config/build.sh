@@ -14,6 +14,8 @@
 # Standard output carries only the binary paths; progress and build logs go to
 # standard error, so callers can use "$(build.sh collector)".
 set -euo pipefail
+# Command substitutions, "$(build_collector)" included, stop at a failure too.
+shopt -s inherit_errexit
 
 readonly BUILDER_VERSION=v0.161.0
 # Jaeger's Go module path has no /v2: tag v1.75.0 is Jaeger 2.12.0.
@@ -61,7 +63,7 @@ publish() {
     fi
 }
 
-# Serialise builds of the same key: a second run (another test session, say)
+# Serialise builds of the same key: a second run (a parallel test run, say)
 # waits for the first and then finds its binary, instead of compiling the same
 # modules a second time on the same cores. Without flock, runs just overlap.
 lock() {
@@ -70,6 +72,9 @@ lock() {
     if command -v flock >/dev/null; then
         exec {lock_fd}>"$lockfile"
         flock "$lock_fd"
+        # Holding the lock, any staging directory of this key is a leftover of
+        # an interrupted run.
+        rm -rf "${lockfile%.lock}".tmp.*
     fi
 }
 
@@ -84,7 +89,8 @@ builder_binary() {
         log "installing the collector builder $BUILDER_VERSION"
         mkdir -p "$tools"
         run_logged "$cache/tools/builder-install.log" env GOBIN="$tools" \
-            go install "go.opentelemetry.io/collector/cmd/builder@$BUILDER_VERSION"
+            go install "go.opentelemetry.io/collector/cmd/builder@$BUILDER_VERSION" ||
+            return 1
     fi
     printf '%s\n' "$tools/builder"
 }
@@ -112,7 +118,7 @@ build_collector() {
         return
     fi
 
-    builder=$(builder_binary)
+    builder=$(builder_binary) || return 1
     staging=$(mktemp -d "$final.tmp.XXXXXX")
     started=$SECONDS
     log "building the collector in $staging (a few minutes when cold)"
@@ -181,8 +187,10 @@ main() {
     collector) build_collector ;;
     jaeger) build_jaeger ;;
     all)
-        printf 'collector=%s\n' "$(build_collector)"
-        printf 'jaeger=%s\n' "$(build_jaeger)"
+        local collector jaeger
+        collector=$(build_collector) || exit 1
+        jaeger=$(build_jaeger) || exit 1
+        printf 'collector=%s\njaeger=%s\n' "$collector" "$jaeger"
         ;;
     *) die "usage: $0 [collector|jaeger|all]" ;;
     esac

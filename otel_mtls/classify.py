@@ -206,9 +206,10 @@ class Evidence:
     """What the handshake messages showed, for the classifier."""
 
     side: str
-    client_hello_seen: bool = False
-    server_hello_seen: bool = False
-    certificate_requested: bool = False
+    # None: not observed (the message callback did not see this handshake).
+    client_hello_seen: Optional[bool] = None
+    server_hello_seen: Optional[bool] = None
+    certificate_requested: Optional[bool] = None
     alert_sent: Optional[str] = None
     alert_received: Optional[str] = None
 
@@ -258,18 +259,27 @@ def _by_alert(alert_received: str | None, evidence: Evidence) -> str | None:
         return PEER_REJECTED_CERTIFICATE
 
     if alert_received == "handshake_failure":
-        # A TLS 1.2 server that requires a certificate answers an empty one with
-        # handshake_failure; before ServerHello the same alert means nothing in
-        # common was found.
-        if evidence.side == "client" and evidence.certificate_requested:
-            return PEER_REJECTED_CERTIFICATE
-
-        if not evidence.server_hello_seen:
-            return NO_SHARED_CIPHER
-
-        return None
+        return _handshake_failure(evidence)
 
     return _ALERT_REASONS.get(alert_received)
+
+
+def _handshake_failure(evidence: Evidence) -> str | None:
+    """The generic alert, read from how far the handshake had come.
+
+    Before ServerHello it means nothing in common was found; after it, a TLS 1.2
+    server sends it to refuse a missing client certificate.
+    """
+    if evidence.side == "client" and evidence.certificate_requested:
+        return PEER_REJECTED_CERTIFICATE
+
+    if evidence.server_hello_seen is False:
+        return NO_SHARED_CIPHER
+
+    if evidence.side == "client" and evidence.certificate_requested is None:
+        return PEER_REJECTED_CERTIFICATE
+
+    return None
 
 
 def classify(exc: BaseException, evidence: Evidence) -> Failure:
@@ -329,11 +339,20 @@ def _reason(
 
 def closed_reason(evidence: Evidence) -> str:
     """The reason for a handshake the peer abandoned without an error message."""
-    if evidence.side == "server" and not evidence.client_hello_seen:
+    if evidence.side == "server" and evidence.client_hello_seen is False:
         return NO_CLIENT_HELLO
 
     if evidence.side == "client" and evidence.certificate_requested:
         # Asked for a certificate, then dropped: how asyncio servers refuse one.
+        return PROBABLY_REJECTED
+
+    if (
+        evidence.side == "client"
+        and evidence.certificate_requested is None
+        and evidence.server_hello_seen
+    ):
+        # Unobserved, but past ServerHello: what remains for a server to object
+        # to is the client's certificate (or its absence).
         return PROBABLY_REJECTED
 
     return CONNECTION_CLOSED

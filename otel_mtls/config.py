@@ -40,9 +40,18 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "capture_rejected_certificates",
         bool,
         True,
-        "Read the peer's Certificate handshake message so that a rejected "
-        "certificate is still recorded (fingerprint, subject, issuer, serial, "
-        "validity).",
+        "Servers that request client certificates read the client's Certificate "
+        "handshake message, so that a rejected certificate is still recorded "
+        "(fingerprint, subject, issuer, serial, validity), with the exact alert.",
+    ),
+    Setting(
+        "capture_client_messages",
+        bool,
+        False,
+        "Also read the handshake messages of client connections: exact alerts, "
+        "whether the server asked for a certificate, and the rejected server "
+        "certificate on Python 3.9. Off by default: it costs a GIL round-trip per "
+        "TLS record.",
     ),
     Setting(
         "capture_chain_pem",
@@ -84,6 +93,7 @@ class Config:
     """The resolved settings of one ``instrument()`` call."""
 
     capture_rejected_certificates: bool = True
+    capture_client_messages: bool = False
     capture_chain_pem: bool = False
     log_success: bool = False
     max_name_length: int = 1024

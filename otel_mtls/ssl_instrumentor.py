@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import _ssl
 import asyncio.sslproto
+import functools
 import logging
 import ssl
 import sys
@@ -94,6 +95,7 @@ class _ConnState:
         "finalizer",
         "lazy",
         "local",
+        "observed",
         "own_cert",
         "owner",
         "parent",
@@ -108,10 +110,14 @@ class _ConnState:
         "watched",
     )
 
-    def __init__(self, side: str, api: str, server_hostname: Optional[str]) -> None:
+    def __init__(
+        self, side: str, api: str, server_hostname: Optional[str], observed: bool
+    ) -> None:
         self.side = side
         self.api = api
         self.server_hostname = server_hostname
+        # Whether the message callback sees this connection's handshake.
+        self.observed = observed
         self.start_ns = 0
         self.end_ns = 0
         self.parent: Optional[otel_context.Context] = None
@@ -137,15 +143,27 @@ class _ConnState:
             self.start_ns = time.time_ns()
             self.parent = otel_context.get_current()
 
-    def evidence(self) -> classify.Evidence:
-        return classify.Evidence(
-            side=self.side,
-            client_hello_seen=self.client_hello_seen,
-            server_hello_seen=self.server_hello_seen,
-            certificate_requested=self.cert_requested,
-            alert_sent=self.alert_sent,
-            alert_received=self.alert_received,
-        )
+    def evidence(self, conn: Any = None) -> classify.Evidence:
+        if self.observed:
+            return classify.Evidence(
+                side=self.side,
+                client_hello_seen=self.client_hello_seen,
+                server_hello_seen=self.server_hello_seen,
+                certificate_requested=self.cert_requested,
+                alert_sent=self.alert_sent,
+                alert_received=self.alert_received,
+            )
+
+        # Unobserved: OpenSSL keeps the negotiated cipher once ServerHello was
+        # processed, which tells how far the handshake went.
+        server_hello: Optional[bool] = True if self.server_hello_seen else None
+        if conn is not None and server_hello is None:
+            try:
+                server_hello = conn.cipher() is not None
+            except Exception:  # noqa: BLE001
+                server_hello = None
+
+        return classify.Evidence(side=self.side, server_hello_seen=server_hello)
 
 
 class _Pending:
@@ -245,9 +263,29 @@ class _Hooks:
 
     # -- context and connection set-up ------------------------------------------
 
-    def install_callback(self, ctx: Any) -> None:
+    def wants_callback(self, ctx: Any, server_side: bool) -> bool:
+        """Whether this context's connections should carry the message callback.
+
+        OpenSSL calls it for every record, and each call takes the GIL in the
+        middle of the handshake. Servers that ask for client certificates need
+        it: it is the only source of a rejected client certificate. Clients
+        have fallbacks (the unverified chain, OpenSSL's reasons), so they get it
+        only when asked for.
+        """
+        if _MSG_CALLBACK is None:
+            return False
+
+        if server_side:
+            return bool(
+                self.config.capture_rejected_certificates
+                and ctx.verify_mode != ssl.CERT_NONE
+            )
+
+        return self.config.capture_client_messages
+
+    def install_callback(self, ctx: Any, server_side: bool) -> None:
         """Put the message callback on a context once, chaining a user's own."""
-        if not self.config.capture_rejected_certificates or _MSG_CALLBACK is None:
+        if not self.wants_callback(ctx, server_side):
             return
 
         current = _MSG_CALLBACK.__get__(ctx)
@@ -278,7 +316,7 @@ class _Hooks:
         self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
     ) -> Any:
         if is_instrumentation_enabled():
-            self.install_callback(instance)
+            self.install_callback(instance, _server_side(args, kwargs, 1))
 
         sock = wrapped(*args, **kwargs)
 
@@ -290,10 +328,10 @@ class _Hooks:
         return sock
 
     def _after_wrap_socket(self, sock: Any) -> None:
-        if sock.__dict__.get(_STATE) is not None or not is_instrumentation_enabled():
+        if getattr(sock, "do_handshake_on_connect", True):
             return
 
-        if getattr(sock, "do_handshake_on_connect", True):
+        if sock.__dict__.get(_STATE) is not None or not is_instrumentation_enabled():
             return
 
         # The handshake will happen inside the first read or write.
@@ -307,7 +345,7 @@ class _Hooks:
     ) -> Any:
         enabled = is_instrumentation_enabled()
         if enabled:
-            self.install_callback(instance)
+            self.install_callback(instance, _server_side(args, kwargs, 2))
 
         obj = wrapped(*args, **kwargs)
 
@@ -316,7 +354,7 @@ class _Hooks:
                 state = self.state_for(obj, "bio")
                 if state is not None:
                     state.owner = _asyncio_protocol()
-                    if state.side == "client":
+                    if state.side == "client" and not state.observed:
                         # uvloop keeps the bound read method it takes right
                         # after this call, so the watch must already be there.
                         self.watch(obj, state, ("read",))
@@ -347,6 +385,22 @@ class _Hooks:
 
         return wrapped(*args, **kwargs)
 
+    def load_cert_chain(
+        self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+    ) -> Any:
+        """Remember which certificate a context will present."""
+        result = wrapped(*args, **kwargs)
+
+        try:
+            certfile = args[0] if args else kwargs.get("certfile")
+            leaf = _first_pem_certificate(certfile)
+            if leaf is not None:
+                instance.__dict__[_IDENTITY] = self.cert_cache(leaf)
+        except Exception as exc:  # noqa: BLE001
+            self.recorder.contained("load_cert_chain", exc)
+
+        return result
+
     def state_for(self, conn: Any, api: str) -> Optional[_ConnState]:
         state: Optional[_ConnState] = conn.__dict__.get(_STATE)
         if state is not None:
@@ -356,7 +410,7 @@ class _Hooks:
             return None
 
         side = "server" if conn.server_side else "client"
-        state = _ConnState(side, api, conn.server_hostname)
+        state = _ConnState(side, api, conn.server_hostname, _observed(conn.context))
         conn.__dict__[_STATE] = state
         return state
 
@@ -372,6 +426,10 @@ class _Hooks:
         try:
             result = wrapped(*args, **kwargs)
         except _WANT:
+            if not state.observed and not state.server_hello_seen:
+                # An event loop may drop the connection without another call;
+                # keep how far the handshake got.
+                self._guarded(_note_progress, instance, state)
             raise
         except BaseException as exc:
             self._guarded(self.failed, instance, state, exc)
@@ -454,7 +512,7 @@ class _Hooks:
 
     def io_raised(self, conn: Any, state: _ConnState, exc: BaseException) -> None:
         if state.pending is not None:
-            if classify.classify(exc, state.evidence()).reason in (
+            if classify.classify(exc, state.evidence(conn)).reason in (
                 classify.CONNECTION_CLOSED,
                 classify.NO_CLIENT_HELLO,
             ):
@@ -490,7 +548,7 @@ class _Hooks:
 
     def failed(self, conn: Any, state: _ConnState, exc: BaseException) -> None:
         end_ns = time.time_ns()
-        failure = classify.classify(exc, state.evidence())
+        failure = classify.classify(exc, state.evidence(conn))
         attrs = self.base_attributes(conn, state)
         if conn is not None:
             self.add_session(conn, attrs)
@@ -505,7 +563,7 @@ class _Hooks:
 
     def closed_early(self, conn: Any, state: _ConnState) -> None:
         end_ns = time.time_ns()
-        reason = classify.closed_reason(state.evidence())
+        reason = classify.closed_reason(state.evidence(conn))
         attrs = self.base_attributes(conn, state)
         self.add_certificates(conn, state, attrs, failed=True)
         attrs[A.MTLS_OUTCOME] = "failure"
@@ -516,12 +574,15 @@ class _Hooks:
         self.emit(state, attrs, end_ns, failed=True)
 
     def needs_confirmation(self, conn: Any, state: _ConnState) -> bool:
-        """TLS 1.3 clients asked for a certificate learn the verdict later."""
-        return (
-            state.side == "client"
-            and state.cert_requested
-            and conn.version() == "TLSv1.3"
-        )
+        """TLS 1.3 clients asked for a certificate learn the verdict later.
+
+        Without the message callback it is unknown whether the server asked, so
+        every TLS 1.3 client verdict waits for the first read.
+        """
+        if state.side != "client" or conn.version() != "TLSv1.3":
+            return False
+
+        return state.cert_requested or not state.observed
 
     def defer(self, conn: Any, state: _ConnState, attrs: Attributes) -> None:
         pending = _Pending(attrs)
@@ -564,7 +625,7 @@ class _Hooks:
         if pending is None:
             return
 
-        failure = classify.classify(exc, state.evidence())
+        failure = classify.classify(exc, state.evidence(conn))
         attrs = pending.attributes
         self.add_failure(attrs, failure)
         attrs[A.MTLS_LATE_FAILURE] = True
@@ -642,7 +703,9 @@ class _Hooks:
                 end_ns=max(end_ns, state.start_ns),
                 attributes=attrs,
                 failed=failed,
-                summary=_summary(state.side, attrs, failed),
+                summary=_summary(state.side, attrs, failed)
+                if failed or self.config.log_success
+                else "",
             )
         )
 
@@ -660,13 +723,8 @@ class _Hooks:
 
         peer, local = state.peer, state.local
 
-        if peer is not None:
-            attrs[A.NETWORK_PEER_ADDRESS] = peer[0]
-            attrs[A.NETWORK_PEER_PORT] = peer[1]
-        if local is not None:
-            attrs[A.NETWORK_LOCAL_ADDRESS] = local[0]
-            attrs[A.NETWORK_LOCAL_PORT] = local[1]
-
+        # Each attribute costs on every handshake: on the server side the peer
+        # is the client (client.*), and the local end is the server (server.*).
         if state.side == "server":
             if peer is not None:
                 attrs[A.CLIENT_ADDRESS] = peer[0]
@@ -680,8 +738,14 @@ class _Hooks:
                 attrs[A.SERVER_ADDRESS] = safe_text(host, 256)
             if peer is not None:
                 attrs[A.SERVER_PORT] = peer[1]
+                attrs[A.NETWORK_PEER_ADDRESS] = peer[0]
+                attrs[A.NETWORK_PEER_PORT] = peer[1]
+            if local is not None:
+                # The port the server sees as client.port: joins both sides.
+                attrs[A.NETWORK_LOCAL_ADDRESS] = local[0]
+                attrs[A.NETWORK_LOCAL_PORT] = local[1]
 
-        if self.config.capture_rejected_certificates:
+        if state.observed:
             attrs[A.MTLS_CLIENT_CERT_REQUESTED] = state.cert_requested
 
         return attrs
@@ -714,9 +778,15 @@ class _Hooks:
             if self.config.capture_chain_pem:
                 attrs[f"tls.{peer_side}.certificate_chain"] = chain_pem(chain)
 
-        own = self.own_chain(state)
+        # The server's own certificate is the same on every connection; only a
+        # client's says which credential this connection presented.
+        own = self.own_chain(state) if state.side == "client" else None
         if own:
             attrs.update(self.cert_cache(own[0]).identity(state.side))
+        elif state.side == "client" and not state.observed and conn is not None:
+            configured = _configured_identity(conn)
+            if configured is not None:
+                attrs.update(configured.identity("client"))
 
         if state.side == "client" and own is not None:
             attrs[A.MTLS_CLIENT_CERT_PRESENTED] = bool(own)
@@ -752,7 +822,7 @@ class _Hooks:
             return None
 
         try:
-            return tlsmsg.parse_any_certificate_message(data, state.cert_version)
+            return list(_parse_message(data, state.cert_version))
         except ValueError as exc:
             _logger.debug("peer Certificate message not parsed: %s", exc)
             return None
@@ -763,7 +833,7 @@ class _Hooks:
             return None
 
         try:
-            return tlsmsg.parse_any_certificate_message(data, state.cert_version)
+            return list(_parse_message(data, state.cert_version))
         except ValueError:
             return None
 
@@ -838,6 +908,64 @@ class _Watch:
 
         hooks._guarded(hooks.io_returned, conn, state, self.name, result)
         return result
+
+
+def _observed(ctx: Any) -> bool:
+    """Whether the context carries the package's message callback."""
+    if _MSG_CALLBACK is None:
+        return False
+
+    current = _MSG_CALLBACK.__get__(ctx)
+    return current is _on_message or isinstance(current, _Chained)
+
+
+def _first_pem_certificate(certfile: Any) -> Optional[bytes]:
+    """DER of the first certificate in a PEM file, as OpenSSL will present it."""
+    with open(certfile, "rb") as handle:
+        data = handle.read(1 << 20)
+
+    begin = data.find(b"-----BEGIN CERTIFICATE-----")
+    end = data.find(b"-----END CERTIFICATE-----", begin)
+    if begin < 0 or end < 0:
+        return None
+
+    pem = data[begin : end + len(b"-----END CERTIFICATE-----")].decode("ascii")
+    return ssl.PEM_cert_to_DER_cert(pem)
+
+
+def _server_side(args: Any, kwargs: Any, position: int) -> bool:
+    """The ``server_side`` argument of ``wrap_socket`` / ``wrap_bio``."""
+    if "server_side" in kwargs:
+        return bool(kwargs["server_side"])
+
+    return len(args) > position and bool(args[position])
+
+
+_IDENTITY: Final = "_otel_mtls_identity"
+
+
+def _configured_identity(conn: Any) -> Optional[CertInfo]:
+    """The leaf of the chain the connection's context loaded, if it was seen."""
+    try:
+        identity: Optional[CertInfo] = conn.context.__dict__.get(_IDENTITY)
+    except Exception:  # noqa: BLE001
+        return None
+
+    return identity
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_message(data: bytes, version: int) -> tuple[bytes, ...]:
+    """Certificate messages repeat per client: parse each distinct one once.
+
+    A failed parse raises again on every call and is not cached, which only a
+    peer sending malformed messages pays for.
+    """
+    return tuple(tlsmsg.parse_any_certificate_message(data, version))
+
+
+def _note_progress(conn: Any, state: _ConnState) -> None:
+    state.server_hello_seen = conn.cipher() is not None
 
 
 def _negotiated(conn: Any) -> bool:
@@ -966,16 +1094,27 @@ def _summary(side: str, attrs: Attributes, failed: bool) -> str:
 _PATCHES: Final = (
     (ssl.SSLContext, "wrap_socket", "wrap_socket"),
     (ssl.SSLContext, "wrap_bio", "wrap_bio"),
+    (ssl.SSLContext, "load_cert_chain", "load_cert_chain"),
     (ssl.SSLSocket, "do_handshake", "do_handshake"),
     (ssl.SSLObject, "do_handshake", "do_handshake"),
     (asyncio.sslproto.SSLProtocol, "connection_lost", "connection_lost"),
 )
 
 
+_MISSING: Final = object()
+
+
 def _restore(originals: list[tuple[Any, str, Any]]) -> None:
-    """Put back exactly the objects that were in the class dictionaries."""
+    """Put back exactly the objects that were in the class dictionaries.
+
+    ``load_cert_chain`` lives on the C base class; the wrapper put on
+    ``ssl.SSLContext`` is removed again rather than replaced.
+    """
     for owner, name, original in reversed(originals):
-        setattr(owner, name, original)
+        if original is _MISSING:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, original)
 
 
 class SSLInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -1011,7 +1150,7 @@ class SSLInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
             try:
                 for owner, name, method in _PATCHES:
-                    originals.append((owner, name, owner.__dict__[name]))
+                    originals.append((owner, name, owner.__dict__.get(name, _MISSING)))
                     wrapt.wrap_function_wrapper(owner, name, getattr(hooks, method))
             except Exception:
                 _restore(originals)

@@ -1,5 +1,6 @@
 """Checks of collector-config/: collector and Jaeger configs, Prometheus rules, the
-Grafana dashboard, and one end-to-end run of the whole stack on loopback.
+Grafana dashboard, end-to-end runs of the whole stack on loopback (with and without
+redaction), and of the gateway's mTLS receiver.
 
 The collector and Jaeger come from ``collector-config/build.sh``, which caches
 them outside the work tree; a cold build takes minutes, so those tests are marked
@@ -17,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -26,7 +28,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import pytest
 from opentelemetry._logs import SeverityNumber
@@ -46,6 +48,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import StatusCode
+
+from otel_mtls.pki import CertificateAuthority
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "collector-config"
 BUILD_SCRIPT = CONFIG_DIR / "build.sh"
@@ -76,8 +80,12 @@ IN_CI = bool(os.environ.get("CI"))
 PROCESS_START_TIMEOUT = 60.0
 DELIVERY_TIMEOUT = 60.0
 
+# Whichever test first asks for a binary pays for building it (about 7 minutes
+# for the collector and 11 for Jaeger on 2 cores), inside its own timeout.
+needs_build = pytest.mark.timeout(1800)
 
-def _missing(what: str) -> None:
+
+def _missing(what: str) -> NoReturn:
     """Skip outside CI, fail in CI, where every tool is meant to be installed."""
     if IN_CI:
         pytest.fail(what)
@@ -128,7 +136,6 @@ def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
         _missing("promtool not found; run collector-config/install-deps.sh")
-    assert path is not None
     return path
 
 
@@ -173,6 +180,7 @@ def test_every_collector_config_is_validated() -> None:
 
 
 @pytest.mark.slow
+@needs_build
 @pytest.mark.parametrize("names", GATEWAY_CONFIGS, ids="+".join)
 def test_gateway_config_validates(
     collector: Path, names: tuple[str, ...], tmp_path: Path
@@ -185,6 +193,7 @@ def test_gateway_config_validates(
 
 
 @pytest.mark.slow
+@needs_build
 def test_validate_rejects_a_broken_gateway_config(
     collector: Path, tmp_path: Path
 ) -> None:
@@ -205,6 +214,7 @@ def test_validate_rejects_a_broken_gateway_config(
 
 
 @pytest.mark.slow
+@needs_build
 def test_jaeger_config_validates(jaeger: Path) -> None:
     result = _run([str(jaeger), "validate", *_config_args([JAEGER_CONFIG])])
 
@@ -329,6 +339,16 @@ def test_dashboard_structure() -> None:
         assert len(ref_ids) == len(set(ref_ids)), panel["title"]
 
 
+@pytest.mark.slow
+def test_dashboard_matches_grafana_schema() -> None:
+    if shutil.which("npm") is None:
+        _missing("npm is needed to install @grafana/schema (check-schema.sh)")
+
+    result = _run([str(GRAFANA_DIR / "check-schema.sh")], timeout=600)
+
+    _assert_ok(result)
+
+
 def test_dashboard_datasources_are_provisioned() -> None:
     provisioned = set(
         re.findall(
@@ -393,6 +413,7 @@ class _Process:
 @dataclass
 class _Stack:
     gateway_grpc: str
+    gateway_http: str
     jaeger_query: str
     prometheus: str
     audit_dir: Path
@@ -459,6 +480,40 @@ def _prometheus_config(directory: Path, exporter: str, telemetry: str) -> Path:
     return config
 
 
+def _loopback() -> str:
+    return f"127.0.0.1:{_free_port()}"
+
+
+def _gateway_env(directory: Path) -> dict[str, str]:
+    """Free ports and an audit directory for one gateway run."""
+    # The file exporter creates its files, not their directory.
+    (directory / "audit").mkdir()
+    return {
+        "OTEL_MTLS_GATEWAY_GRPC_ENDPOINT": _loopback(),
+        "OTEL_MTLS_GATEWAY_HTTP_ENDPOINT": _loopback(),
+        "OTEL_MTLS_GATEWAY_HEALTH_ENDPOINT": _loopback(),
+        "OTEL_MTLS_GATEWAY_TELEMETRY_PORT": str(_free_port()),
+        "OTEL_MTLS_PROMETHEUS_EXPORTER_ENDPOINT": _loopback(),
+        "OTEL_MTLS_AUDIT_DIR": str(directory / "audit"),
+        "OTEL_MTLS_JAEGER_OTLP_GRPC_ENDPOINT": _loopback(),
+    }
+
+
+def _jaeger_env() -> dict[str, str]:
+    """Free ports for one Jaeger run, except the OTLP gRPC one it shares."""
+    return {
+        "OTEL_MTLS_JAEGER_OTLP_HTTP_ENDPOINT": _loopback(),
+        "OTEL_MTLS_JAEGER_QUERY_HTTP_ENDPOINT": _loopback(),
+        "OTEL_MTLS_JAEGER_QUERY_GRPC_ENDPOINT": _loopback(),
+        "OTEL_MTLS_JAEGER_HEALTH_ENDPOINT": _loopback(),
+        "OTEL_MTLS_JAEGER_TELEMETRY_PORT": str(_free_port()),
+    }
+
+
+def _answers(url: str) -> Callable[[], bool]:
+    return lambda: _http_get(url)[0] == 200
+
+
 @contextlib.contextmanager
 def _stack(
     collector: Path, jaeger: Path, configs: Sequence[str], directory: Path
@@ -466,63 +521,47 @@ def _stack(
     prometheus_binary = shutil.which("prometheus")
     if prometheus_binary is None:
         _missing("prometheus not found; run collector-config/install-deps.sh")
-    assert prometheus_binary is not None
 
-    ports = {name: _free_port() for name in ("grpc", "http", "health", "tel")}
-    ports.update({f"j_{name}": _free_port() for name in ("grpc", "http", "q", "qg")})
-    ports.update({name: _free_port() for name in ("j_health", "j_tel", "exp", "prom")})
-    env = {
-        "OTEL_MTLS_GATEWAY_GRPC_ENDPOINT": f"127.0.0.1:{ports['grpc']}",
-        "OTEL_MTLS_GATEWAY_HTTP_ENDPOINT": f"127.0.0.1:{ports['http']}",
-        "OTEL_MTLS_GATEWAY_HEALTH_ENDPOINT": f"127.0.0.1:{ports['health']}",
-        "OTEL_MTLS_GATEWAY_TELEMETRY_PORT": str(ports["tel"]),
-        "OTEL_MTLS_PROMETHEUS_EXPORTER_ENDPOINT": f"127.0.0.1:{ports['exp']}",
-        "OTEL_MTLS_AUDIT_DIR": str(directory / "audit"),
-        "OTEL_MTLS_JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['j_grpc']}",
-        "OTEL_MTLS_JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['j_http']}",
-        "OTEL_MTLS_JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{ports['j_q']}",
-        "OTEL_MTLS_JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{ports['j_qg']}",
-        "OTEL_MTLS_JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{ports['j_health']}",
-        "OTEL_MTLS_JAEGER_TELEMETRY_PORT": str(ports["j_tel"]),
-    }
-    # The file exporter creates its files, not their directory.
-    (directory / "audit").mkdir()
+    env = {**_gateway_env(directory), **_jaeger_env()}
+    prometheus = _loopback()
     prometheus_config = _prometheus_config(
         directory,
         env["OTEL_MTLS_PROMETHEUS_EXPORTER_ENDPOINT"],
-        f"127.0.0.1:{ports['tel']}",
+        f"127.0.0.1:{env['OTEL_MTLS_GATEWAY_TELEMETRY_PORT']}",
     )
     stack = _Stack(
         gateway_grpc=env["OTEL_MTLS_GATEWAY_GRPC_ENDPOINT"],
-        jaeger_query=f"http://127.0.0.1:{ports['j_q']}",
-        prometheus=f"http://127.0.0.1:{ports['prom']}",
-        audit_dir=directory / "audit",
+        gateway_http=env["OTEL_MTLS_GATEWAY_HTTP_ENDPOINT"],
+        jaeger_query=f"http://{env['OTEL_MTLS_JAEGER_QUERY_HTTP_ENDPOINT']}",
+        prometheus=f"http://{prometheus}",
+        audit_dir=Path(env["OTEL_MTLS_AUDIT_DIR"]),
         processes=[],
     )
+    # Each process, and the URL that answers 200 once it is ready.
     commands = {
-        "jaeger": [str(jaeger), *_config_args([JAEGER_CONFIG])],
-        "gateway": [str(collector), *_config_args(configs)],
-        "prometheus": [
-            prometheus_binary,
-            f"--config.file={prometheus_config}",
-            f"--web.listen-address=127.0.0.1:{ports['prom']}",
-            f"--storage.tsdb.path={directory / 'prometheus-data'}",
-        ],
-    }
-    probes = {
-        "jaeger": f"{stack.jaeger_query}/api/services",
-        "gateway": f"http://{env['OTEL_MTLS_GATEWAY_HEALTH_ENDPOINT']}/",
-        "prometheus": f"{stack.prometheus}/-/ready",
+        "jaeger": (
+            [str(jaeger), *_config_args([JAEGER_CONFIG])],
+            f"{stack.jaeger_query}/api/services",
+        ),
+        "gateway": (
+            [str(collector), *_config_args(configs)],
+            f"http://{env['OTEL_MTLS_GATEWAY_HEALTH_ENDPOINT']}/",
+        ),
+        "prometheus": (
+            [
+                prometheus_binary,
+                f"--config.file={prometheus_config}",
+                f"--web.listen-address={prometheus}",
+                f"--storage.tsdb.path={directory / 'prometheus-data'}",
+            ],
+            f"{stack.prometheus}/-/ready",
+        ),
     }
     try:
-        for name, command in commands.items():
+        for name, (command, ready) in commands.items():
             stack.processes.append(_start(name, command, env, directory))
-            url = probes[name]
             _wait_for(
-                f"{name} at {url}",
-                lambda url=url: _http_get(url)[0] == 200,  # type: ignore[misc]
-                stack.logs,
-                PROCESS_START_TIMEOUT,
+                f"{name} at {ready}", _answers(ready), stack.logs, PROCESS_START_TIMEOUT
             )
         yield stack
     finally:
@@ -630,7 +669,7 @@ def _jaeger_spans(stack: _Stack, service: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@needs_build
 @pytest.mark.parametrize("redacted", [False, True], ids=["plain", "redacted"])
 def test_stack_delivers_telemetry(
     collector: Path, jaeger: Path, tmp_path: Path, redacted: bool
@@ -707,3 +746,84 @@ def test_stack_delivers_telemetry(
     assert "mtls.handshake.failed" in audit
     assert (CLIENT_SUBJECT in audit) is not redacted
     assert (CLIENT_ADDRESS in audit) is not redacted
+
+
+def _post(url: str, context: ssl.SSLContext) -> int:
+    request = urllib.request.Request(
+        url, data=b"{}", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5, context=context) as response:
+        status: int = response.status
+        return status
+
+
+@pytest.mark.slow
+@needs_build
+def test_mtls_gateway_requires_client_certificate(
+    collector: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = CertificateAuthority.create("otel-mtls test CA")
+    server = ca.issue("gateway", san_ips=["127.0.0.1"], usage="server").write(tmp_path)
+    client = ca.issue("app").write(tmp_path)
+    ca_file = ca.write(tmp_path / "ca.pem")
+    env = {
+        **_gateway_env(tmp_path),
+        "OTEL_MTLS_GATEWAY_CERT_FILE": str(server.cert_path),
+        "OTEL_MTLS_GATEWAY_KEY_FILE": str(server.key_path),
+        "OTEL_MTLS_GATEWAY_CLIENT_CA_FILE": str(ca_file),
+    }
+    grpc_endpoint = env["OTEL_MTLS_GATEWAY_GRPC_ENDPOINT"]
+    http_endpoint = env["OTEL_MTLS_GATEWAY_HTTP_ENDPOINT"]
+    health_endpoint = env["OTEL_MTLS_GATEWAY_HEALTH_ENDPOINT"]
+    exporter_endpoint = env["OTEL_MTLS_PROMETHEUS_EXPORTER_ENDPOINT"]
+    gateway = _start(
+        "gateway",
+        [str(collector), *_config_args(("gateway.yaml", "gateway-mtls.yaml"))],
+        env,
+        tmp_path,
+    )
+    try:
+        _wait_for(
+            "the gateway",
+            _answers(f"http://{health_endpoint}/"),
+            gateway.output,
+            PROCESS_START_TIMEOUT,
+        )
+
+        # gRPC with a client certificate, configured the way the README tells
+        # applications to: the metric reaches the exporter.
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(ca_file))
+        monkeypatch.setenv(
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", str(client.cert_path)
+        )
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", str(client.key_path))
+        exporter = OTLPMetricExporter(endpoint=f"https://{grpc_endpoint}")
+        reader = PeriodicExportingMetricReader(
+            exporter, export_interval_millis=3_600_000
+        )
+        provider = MeterProvider(metric_readers=[reader])
+        provider.get_meter("otel_mtls").create_counter("mtls.handshakes").add(
+            1, FAILURE_ATTRIBUTES
+        )
+        provider.shutdown()
+        _wait_for(
+            "the metric sent over mTLS",
+            lambda: (
+                b"mtls_handshakes_total{"
+                in _http_get(f"http://{exporter_endpoint}/metrics")[1]
+            ),
+            gateway.output,
+            DELIVERY_TIMEOUT,
+        )
+
+        # HTTP: accepted with a client certificate, refused without one.
+        url = f"https://{http_endpoint}/v1/logs"
+        context = ssl.create_default_context(cafile=str(ca_file))
+        anonymous = ssl.create_default_context(cafile=str(ca_file))
+        context.load_cert_chain(str(client.cert_path), str(client.key_path))
+
+        assert _post(url, context) == 200
+        with pytest.raises((ssl.SSLError, ConnectionResetError, urllib.error.URLError)):
+            _post(url, anonymous)
+    finally:
+        _stop(gateway)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import socket
 import ssl
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -14,8 +15,17 @@ from opentelemetry.trace import StatusCode
 from otel_mtls import attributes as A
 from otel_mtls import pki as pki_module
 from otel_mtls.pki import Credential, DemoPKI
+from otel_mtls.ssl_instrumentor import SSLInstrumentor
 
-from .conftest import TIMEOUT, Client, Result, Telemetry, serve_once, tls_client
+from .conftest import (
+    TIMEOUT,
+    Client,
+    Result,
+    Telemetry,
+    make_telemetry,
+    serve_once,
+    tls_client,
+)
 
 V13 = ssl.TLSVersion.TLSv1_3
 V12 = ssl.TLSVersion.TLSv1_2
@@ -130,10 +140,30 @@ def test_server_records_each_client_credential(
     assert str(log.body).startswith(f"TLS server handshake failed: {reason}")
 
 
+@pytest.mark.parametrize("observed", [False, True], ids=["default", "messages"])
 @pytest.mark.parametrize("version", [V13, V12], ids=["tls13", "tls12"])
 @pytest.mark.parametrize("name", [n for n in EXPECTED if n != "valid"])
 def test_client_learns_its_certificate_was_rejected(
-    telemetry: Telemetry, pki: DemoPKI, name: str, version: ssl.TLSVersion
+    pki: DemoPKI, name: str, version: ssl.TLSVersion, observed: bool
+) -> None:
+    telemetry = make_telemetry()
+    instrumentor = SSLInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=telemetry.tracer_provider,
+        capture_client_messages=observed,
+    )
+    try:
+        _client_rejected(telemetry, pki, name, version, observed)
+    finally:
+        instrumentor.uninstrument()
+
+
+def _client_rejected(
+    telemetry: Telemetry,
+    pki: DemoPKI,
+    name: str,
+    version: ssl.TLSVersion,
+    observed: bool,
 ) -> None:
     credential = _credential(pki, name)
     server_ctx = pki_module.server_context(pki.server, pki.ca_path, version=version)
@@ -151,7 +181,13 @@ def test_client_learns_its_certificate_was_rejected(
     assert attrs[A.MTLS_ALERT_RECEIVED] == alerts[version]
     assert attrs[A.TLS_SERVER_HASH_SHA256] == pki.server.sha256
     assert attrs[A.SERVER_PORT] == result.port
-    assert attrs[A.MTLS_CLIENT_CERT_PRESENTED] is (credential is not None)
+    if observed:
+        assert attrs[A.MTLS_CLIENT_CERT_PRESENTED] is (credential is not None)
+        assert attrs[A.MTLS_CLIENT_CERT_REQUESTED] is True
+    else:
+        # Without the messages, the certificate shown is the one configured.
+        assert A.MTLS_CLIENT_CERT_PRESENTED not in attrs
+        assert A.MTLS_CLIENT_CERT_REQUESTED not in attrs
     if credential is not None:
         assert attrs[A.TLS_CLIENT_HASH_SHA256] == credential.sha256
         assert attrs[A.TLS_CLIENT_SUBJECT] == credential.subject
@@ -160,9 +196,27 @@ def test_client_learns_its_certificate_was_rejected(
     assert attrs.get(A.MTLS_LATE_FAILURE, False) is (version == V13)
 
 
+@pytest.mark.parametrize("observed", [False, True], ids=["default", "messages"])
 @pytest.mark.parametrize("version", [V13, V12], ids=["tls13", "tls12"])
 def test_client_records_rejected_server_certificate(
-    telemetry: Telemetry, pki: DemoPKI, version: ssl.TLSVersion
+    pki: DemoPKI, version: ssl.TLSVersion, observed: bool
+) -> None:
+    if not observed and sys.version_info < (3, 10):
+        pytest.skip("the unverified chain needs Python 3.10; 3.9 needs messages")
+    telemetry = make_telemetry()
+    instrumentor = SSLInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=telemetry.tracer_provider,
+        capture_client_messages=observed,
+    )
+    try:
+        _server_rejected(telemetry, pki, version, observed)
+    finally:
+        instrumentor.uninstrument()
+
+
+def _server_rejected(
+    telemetry: Telemetry, pki: DemoPKI, version: ssl.TLSVersion, observed: bool
 ) -> None:
     server_ctx = pki_module.server_context(pki.server, pki.ca_path, version=version)
     # The client trusts only the other CA, so it rejects the server.
@@ -185,8 +239,11 @@ def test_client_records_rejected_server_certificate(
     assert client[A.TLS_SERVER_SUBJECT] == "CN=localhost"
     assert client[A.MTLS_SERVER_SERIAL] == pki.server.serial_hex
     assert client[A.MTLS_SERVER_SANS] == ("DNS:localhost", "IP:127.0.0.1")
-    assert client[A.MTLS_PEER_CERT_SOURCE] == "handshake_message"
-    assert client[A.MTLS_ALERT_SENT] == "unknown_ca"
+    if observed:
+        assert client[A.MTLS_PEER_CERT_SOURCE] == "handshake_message"
+        assert client[A.MTLS_ALERT_SENT] == "unknown_ca"
+    else:
+        assert client[A.MTLS_PEER_CERT_SOURCE] == "unverified_chain"
     assert server[A.MTLS_FAILURE_REASON] == "peer_rejected_certificate"
     assert server[A.MTLS_ALERT_RECEIVED] == "unknown_ca"
 
