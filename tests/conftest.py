@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -114,14 +115,16 @@ def make_telemetry() -> Telemetry:
     )
 
 
-@pytest.fixture
-def telemetry() -> Iterator[Telemetry]:
+@contextlib.contextmanager
+def instrumented(**settings: Any) -> Iterator[Telemetry]:
+    """Instrument with fresh in-memory providers and ``settings``; then undo it."""
     collected = make_telemetry()
     instrumentor = SSLInstrumentor()
     instrumentor.instrument(
         tracer_provider=collected.tracer_provider,
         meter_provider=collected.meter_provider,
         logger_provider=collected.logger_provider,
+        **settings,
     )
 
     try:
@@ -131,6 +134,12 @@ def telemetry() -> Iterator[Telemetry]:
         collected.tracer_provider.shutdown()
         collected.logger_provider.shutdown()
         collected.meter_provider.shutdown()
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    with instrumented() as collected:
+        yield collected
 
     # Every name the package emitted must be in the documented registry.
     emitted = {key for span in collected.spans() for key in (span.attributes or {})}

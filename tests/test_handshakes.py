@@ -15,14 +15,13 @@ from opentelemetry.trace import StatusCode
 from otel_mtls import attributes as A
 from otel_mtls import pki as pki_module
 from otel_mtls.pki import Credential, DemoPKI
-from otel_mtls.ssl_instrumentor import SSLInstrumentor
 
 from .conftest import (
     TIMEOUT,
     Client,
     Result,
     Telemetry,
-    make_telemetry,
+    instrumented,
     serve_once,
     tls_client,
 )
@@ -146,16 +145,8 @@ def test_server_records_each_client_credential(
 def test_client_learns_its_certificate_was_rejected(
     pki: DemoPKI, name: str, version: ssl.TLSVersion, observed: bool
 ) -> None:
-    telemetry = make_telemetry()
-    instrumentor = SSLInstrumentor()
-    instrumentor.instrument(
-        tracer_provider=telemetry.tracer_provider,
-        capture_client_messages=observed,
-    )
-    try:
+    with instrumented(capture_client_messages=observed) as telemetry:
         _client_rejected(telemetry, pki, name, version, observed)
-    finally:
-        instrumentor.uninstrument()
 
 
 def _client_rejected(
@@ -203,16 +194,8 @@ def test_client_records_rejected_server_certificate(
 ) -> None:
     if not observed and sys.version_info < (3, 10):
         pytest.skip("the unverified chain needs Python 3.10; 3.9 needs messages")
-    telemetry = make_telemetry()
-    instrumentor = SSLInstrumentor()
-    instrumentor.instrument(
-        tracer_provider=telemetry.tracer_provider,
-        capture_client_messages=observed,
-    )
-    try:
+    with instrumented(capture_client_messages=observed) as telemetry:
         _server_rejected(telemetry, pki, version, observed)
-    finally:
-        instrumentor.uninstrument()
 
 
 def _server_rejected(

@@ -30,7 +30,14 @@ from otel_mtls import ssl_instrumentor as instrumentor_module
 from otel_mtls.pki import DemoPKI
 from otel_mtls.ssl_instrumentor import SSLInstrumentor
 
-from .conftest import Result, Telemetry, make_telemetry, serve_once, tls_client
+from .conftest import (
+    Result,
+    Telemetry,
+    instrumented,
+    make_telemetry,
+    serve_once,
+    tls_client,
+)
 
 V13 = ssl.TLSVersion.TLSv1_3
 V12 = ssl.TLSVersion.TLSv1_2
@@ -47,18 +54,8 @@ def _pair(pki: DemoPKI, name: str, version: ssl.TLSVersion) -> Result:
 def test_contexts_created_before_instrument_are_observed(pki: DemoPKI) -> None:
     server_ctx = pki_module.server_context(pki.server, pki.ca_path)
     client_ctx = pki_module.client_context(pki.ca_path, pki.clients["untrusted"])
-    collected = make_telemetry()
-    instrumentor = SSLInstrumentor()
-    instrumentor.instrument(
-        tracer_provider=collected.tracer_provider,
-        meter_provider=collected.meter_provider,
-        logger_provider=collected.logger_provider,
-    )
-
-    try:
+    with instrumented() as collected:
         serve_once(server_ctx, tls_client(client_ctx))
-    finally:
-        instrumentor.uninstrument()
 
     attrs = dict(collected.span("server").attributes or {})
     assert attrs[A.MTLS_FAILURE_REASON] == "unknown_ca"
@@ -364,18 +361,8 @@ def test_metrics_count_exactly_and_carry_no_identity(
 
 
 def test_success_logs_and_chain_pem_are_opt_in(pki: DemoPKI) -> None:
-    collected = make_telemetry()
-    instrumentor = SSLInstrumentor()
-    instrumentor.instrument(
-        tracer_provider=collected.tracer_provider,
-        logger_provider=collected.logger_provider,
-        log_success=True,
-        capture_chain_pem=True,
-    )
-    try:
+    with instrumented(log_success=True, capture_chain_pem=True) as collected:
         _pair(pki, "valid", V13)
-    finally:
-        instrumentor.uninstrument()
 
     server = dict(collected.span("server").attributes or {})
     chain = server[A.TLS_CLIENT_CERTIFICATE_CHAIN]
@@ -401,18 +388,10 @@ def test_configuration_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_capture_can_be_switched_off(pki: DemoPKI) -> None:
-    collected = make_telemetry()
-    instrumentor = SSLInstrumentor()
     server_ctx = pki_module.server_context(pki.server, pki.ca_path)
-    instrumentor.instrument(
-        tracer_provider=collected.tracer_provider,
-        capture_rejected_certificates=False,
-    )
-    try:
+    with instrumented(capture_rejected_certificates=False) as collected:
         client_ctx = pki_module.client_context(pki.ca_path, pki.clients["untrusted"])
         serve_once(server_ctx, tls_client(client_ctx))
-    finally:
-        instrumentor.uninstrument()
 
     attrs = dict(collected.span("server").attributes or {})
     assert _MSG_CALLBACK.__get__(server_ctx) is None
