@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ssl
 import sys
@@ -60,6 +61,7 @@ async def _exchange(
     port = server.sockets[0].getsockname()[1]
     client_port = 0
     error: Optional[BaseException] = None
+    writer: Optional[asyncio.StreamWriter] = None
 
     try:
         reader, writer = await asyncio.open_connection(
@@ -71,10 +73,13 @@ async def _exchange(
         data = await reader.read(64)
         if not data:
             raise ConnectionResetError("closed without data")
-        writer.close()
     except (OSError, ssl.SSLError) as exc:
         error = exc
     finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
         server.close()
         await server.wait_closed()
 

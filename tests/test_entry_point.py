@@ -84,7 +84,7 @@ def _run(tmp_path: Path, pki: DemoPKI, **env: str) -> str:
 def _json_objects(text: str) -> list[dict[str, object]]:
     """The console exporters print indented JSON objects one after another."""
     decoder = json.JSONDecoder()
-    objects = []
+    objects: list[dict[str, object]] = []
     index = 0
     while True:
         start = text.find("{", index)
