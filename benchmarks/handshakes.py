@@ -139,12 +139,14 @@ def _providers() -> dict[str, Any]:
 def measure(
     version: ssl.TLSVersion,
     credential: str,
+    key_type: str,
+    *,
     pairs: int,
     batch: int,
     directory: Path,
 ) -> dict[str, Any]:
     """Alternate plain and instrumented batches; return the ratios."""
-    pki = pki_module.build_demo_pki(directory)
+    pki = pki_module.build_demo_pki(directory / key_type, key_type=key_type)
     server_ctx = pki_module.server_context(pki.server, pki.ca_path, version=version)
     client_ctx = pki_module.client_context(
         pki.ca_path, pki.clients[credential], version=version
@@ -178,8 +180,10 @@ def measure(
         for provider in providers.values():
             provider.shutdown()
 
+    label = "ECDSA P-256" if key_type == "ec" else "RSA 2048"
+    tls = version.name[-3:].replace("_", ".")
     return {
-        "case": f"{credential} client, TLS {version.name[-3:].replace('_', '.')}",
+        "case": f"{credential} client, TLS {tls}, {label}",
         "pairs": pairs,
         "batch": batch,
         "plain_per_s": round(statistics.median(plain_rates), 1),
@@ -195,22 +199,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--pairs", type=int, default=15)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--keys", default="ec,rsa", help="key types to measure: ec, rsa or both"
+    )
     args = parser.parse_args(argv)
 
     cases = [
-        (ssl.TLSVersion.TLSv1_3, "valid"),
-        (ssl.TLSVersion.TLSv1_2, "valid"),
-        (ssl.TLSVersion.TLSv1_3, "untrusted"),
-        (ssl.TLSVersion.TLSv1_2, "untrusted"),
+        (version, credential, key_type)
+        for key_type in args.keys.split(",")
+        for credential in ("valid", "untrusted")
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2)
     ]
     results = []
 
     with tempfile.TemporaryDirectory() as tmp:
-        for version, credential in cases:
-            result = measure(version, credential, args.pairs, args.batch, Path(tmp))
+        for version, credential, key_type in cases:
+            result = measure(
+                version,
+                credential,
+                key_type,
+                pairs=args.pairs,
+                batch=args.batch,
+                directory=Path(tmp),
+            )
             results.append(result)
             print(
-                f"{result['case']:<28} plain {result['plain_per_s']:>8.1f}/s  "
+                f"{result['case']:<40} plain {result['plain_per_s']:>8.1f}/s  "
                 f"instrumented {result['instrumented_per_s']:>8.1f}/s  "
                 f"ratio {result['ratio_median']:.3f} "
                 f"[{result['ratio_min']:.3f}-{result['ratio_max']:.3f}]",

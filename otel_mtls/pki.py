@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -470,17 +470,24 @@ class DemoPKI:
     clients: dict[str, Credential]
 
 
-def build_demo_pki(directory: Path) -> DemoPKI:
+def build_demo_pki(directory: Path, key_type: str = "ec") -> DemoPKI:
     """Create the demo CAs, server and client credentials as files in ``directory``.
 
-    The server certificate is for ``localhost`` and ``127.0.0.1``.
+    The server certificate is for ``localhost`` and ``127.0.0.1``. ``key_type`` is
+    ``ec`` (P-256, the default: fast) or ``rsa`` (2048 bits), for every key.
     """
     now = _now()
     day = datetime.timedelta(days=1)
-    ca = CertificateAuthority.create("otel-mtls demo CA")
-    untrusted_ca = CertificateAuthority.create("otel-mtls untrusted CA")
+    ca = CertificateAuthority.create("otel-mtls demo CA", key_type=key_type)
+    untrusted_ca = CertificateAuthority.create(
+        "otel-mtls untrusted CA", key_type=key_type
+    )
 
-    server = ca.issue(
+    def issue(issuer: CertificateAuthority, name: str, **options: Any) -> Credential:
+        return issuer.issue(name, key_type=key_type, **options)
+
+    server = issue(
+        ca,
         "server",
         common_name="localhost",
         san_dns=["localhost"],
@@ -488,24 +495,29 @@ def build_demo_pki(directory: Path) -> DemoPKI:
         usage="server",
     )
     clients = {
-        "valid": ca.issue("client-valid", common_name="demo-client-valid"),
-        "expired": ca.issue(
+        "valid": issue(ca, "client-valid", common_name="demo-client-valid"),
+        "expired": issue(
+            ca,
             "client-expired",
             common_name="demo-client-expired",
             not_before=now - 30 * day,
             not_after=now - day,
         ),
-        "not_yet_valid": ca.issue(
+        "not_yet_valid": issue(
+            ca,
             "client-not-yet-valid",
             common_name="demo-client-not-yet-valid",
             not_before=now + day,
             not_after=now + 30 * day,
         ),
-        "untrusted": untrusted_ca.issue(
-            "client-untrusted", common_name="demo-client-untrusted"
+        "untrusted": issue(
+            untrusted_ca, "client-untrusted", common_name="demo-client-untrusted"
         ),
-        "server_only": ca.issue(
-            "client-server-only", common_name="demo-client-server-only", usage="server"
+        "server_only": issue(
+            ca,
+            "client-server-only",
+            common_name="demo-client-server-only",
+            usage="server",
         ),
     }
 
