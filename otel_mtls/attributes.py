@@ -80,6 +80,21 @@ METRIC_TELEMETRY_ERRORS: Final = "mtls.instrumentation.errors"
 EVENT_HANDSHAKE_FAILED: Final = "mtls.handshake.failed"
 EVENT_HANDSHAKE_SUCCEEDED: Final = "mtls.handshake.succeeded"
 
+# Per-client failure tracking, log flood control and certificate expiry.
+MTLS_TRACKING_KEY_KIND: Final = "mtls.tracking.key_kind"
+MTLS_TRACKING_FAILURES: Final = "mtls.tracking.failures"
+MTLS_TRACKING_WINDOW: Final = "mtls.tracking.window"
+MTLS_TRACKING_REASONS: Final = "mtls.tracking.reasons"
+MTLS_LOG_SUPPRESSED: Final = "mtls.log.suppressed"
+MTLS_LOG_INTERVAL: Final = "mtls.log.interval"
+MTLS_CERTIFICATE_ROLE: Final = "mtls.certificate.role"
+METRIC_EXCESSIVE_FAILURES: Final = "mtls.client.excessive_failure_alerts"
+METRIC_TRACKING_EVICTIONS: Final = "mtls.tracking.evictions"
+METRIC_LOGS_SUPPRESSED: Final = "mtls.log.suppressed_records"
+METRIC_TIME_TO_EXPIRY: Final = "mtls.certificate.time_to_expiry"
+EVENT_EXCESSIVE_FAILURES: Final = "mtls.client.excessive_failures"
+EVENT_FAILURES_SUPPRESSED: Final = "mtls.handshake.failures_suppressed"
+
 # Span names, in the style of the .NET TLS handshake spans.
 SPAN_SERVER_HANDSHAKE: Final = "TLS server handshake"
 SPAN_CLIENT_HANDSHAKE: Final = "TLS client handshake"
@@ -311,6 +326,94 @@ REGISTRY: Final[tuple[Definition, ...]] = (
         "event",
         "log record (INFO)",
         "One per successful handshake; only with log_success.",
+    ),
+    _attr(
+        MTLS_TRACKING_KEY_KIND,
+        "string",
+        "What a tracked client is keyed by: `fingerprint` (its certificate's "
+        "SHA-256, in `tls.client.hash.sha256`), `address` (in `client.address`), "
+        "or, for suppressed log records, `unknown`.",
+        "fingerprint",
+    ),
+    _attr(
+        MTLS_TRACKING_FAILURES,
+        "int",
+        "Failures of the key within the window when it crossed the threshold.",
+        "6",
+    ),
+    _attr(
+        MTLS_TRACKING_WINDOW,
+        "int",
+        "Length in seconds of the window the failures were counted over.",
+        "60",
+    ),
+    _attr(
+        MTLS_TRACKING_REASONS,
+        "string[]",
+        "The failure reasons among the failures that crossed the threshold.",
+        "unknown_ca",
+    ),
+    _attr(
+        MTLS_LOG_SUPPRESSED,
+        "int",
+        "Failure log records of the key held back during the interval.",
+        "40",
+    ),
+    _attr(
+        MTLS_LOG_INTERVAL,
+        "int",
+        "Length in seconds of the log rate-limiting interval.",
+        "60",
+    ),
+    _attr(
+        MTLS_CERTIFICATE_ROLE,
+        "string",
+        "Only on `mtls.certificate.time_to_expiry`: `served` (this server's own), "
+        "`presented` (this client's own) or `peer` (the other end's).",
+        "served",
+    ),
+    Definition(
+        METRIC_EXCESSIVE_FAILURES,
+        "metric",
+        "counter",
+        "Clients that crossed the failure threshold, by "
+        "`mtls.tracking.key_kind` only: identities stay in the log record.",
+    ),
+    Definition(
+        METRIC_TRACKING_EVICTIONS,
+        "metric",
+        "counter",
+        "Tracked clients forgotten to keep memory bounded, by "
+        "`mtls.tracking.key_kind`.",
+    ),
+    Definition(
+        METRIC_LOGS_SUPPRESSED,
+        "metric",
+        "counter",
+        "Failure log records held back by log flood control.",
+    ),
+    Definition(
+        METRIC_TIME_TO_EXPIRY,
+        "metric",
+        "gauge (s)",
+        "Seconds until a certificate expires (negative once expired), by "
+        "`mtls.certificate.role` and `tls.server.hash.sha256` (served) or "
+        "`tls.client.hash.sha256` (presented; peer by side). One series per "
+        "certificate: bounded by expiry_max_certificates plus watched contexts.",
+    ),
+    Definition(
+        EVENT_EXCESSIVE_FAILURES,
+        "event",
+        "log record (WARN)",
+        "A client crossed the failure threshold: once per key and window, with "
+        "the key, count, window and reasons.",
+    ),
+    Definition(
+        EVENT_FAILURES_SUPPRESSED,
+        "event",
+        "log record (WARN)",
+        "How many failure log records of one key flood control held back in an "
+        "interval, with the key.",
     ),
 )
 

@@ -83,7 +83,63 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "cert_cache_size",
         int,
         1024,
-        "Parsed certificates kept, keyed by the SHA-256 of their DER.",
+        "Parsed certificates kept (least recently used first out), keyed by their DER.",
+    ),
+    Setting(
+        "failure_threshold",
+        int,
+        5,
+        "Per-client failure tracking: a client whose failed server-side handshakes "
+        "within failure_window exceed this number (the sixth by default) gets one "
+        "`mtls.client.excessive_failures` WARN record and a count in "
+        "`mtls.client.excessive_failure_alerts`. Clients are keyed by certificate "
+        "fingerprint and, separately, by address.",
+    ),
+    Setting(
+        "failure_window",
+        int,
+        60,
+        "Length in seconds of the sliding window of failure tracking. A client that "
+        "crossed the threshold is reported again at the earliest one window later.",
+    ),
+    Setting(
+        "max_tracked_clients",
+        int,
+        10_000,
+        "Most fingerprints, and most addresses, that failure tracking and log flood "
+        "control each remember; the least recently failing is forgotten first and "
+        "counted in `mtls.tracking.evictions`. About 0.4 KB each.",
+    ),
+    Setting(
+        "failure_log_limit",
+        int,
+        10,
+        "Log flood control: at most this many `mtls.handshake.failed` records per "
+        "peer (certificate fingerprint, else address) per failure_log_interval. "
+        "The rest are counted and reported in one "
+        "`mtls.handshake.failures_suppressed` record once the interval has ended. "
+        "Spans and metrics are never limited.",
+    ),
+    Setting(
+        "failure_log_interval",
+        int,
+        60,
+        "Length in seconds of the log flood control interval.",
+    ),
+    Setting(
+        "expiry_max_certificates",
+        int,
+        256,
+        "Certificates learned from handshakes (peers, and those a client "
+        "presented) that `mtls.certificate.time_to_expiry` reports, each one "
+        "series; the least recently seen is dropped first.",
+    ),
+    Setting(
+        "expiry_max_age",
+        int,
+        86_400,
+        "Seconds after which a certificate learned from handshakes and not seen "
+        "again leaves `mtls.certificate.time_to_expiry`.",
     ),
 )
 
@@ -99,6 +155,13 @@ class Config:
     max_name_length: int = 1024
     max_san_count: int = 32
     cert_cache_size: int = 1024
+    failure_threshold: int = 5
+    failure_window: int = 60
+    max_tracked_clients: int = 10_000
+    failure_log_limit: int = 10
+    failure_log_interval: int = 60
+    expiry_max_certificates: int = 256
+    expiry_max_age: int = 86_400
 
 
 def _parse(setting: Setting, raw: str) -> Any:

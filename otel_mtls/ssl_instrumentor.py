@@ -42,7 +42,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 from otel_mtls import attributes as A
-from otel_mtls import classify, tlsmsg
+from otel_mtls import classify, expiry, tlsmsg
 from otel_mtls.certs import Attributes, CertInfo, chain_pem, make_cache, safe_text
 from otel_mtls.config import Config, resolve
 from otel_mtls.telemetry import Outcome, Recorder
@@ -396,6 +396,7 @@ class _Hooks:
             leaf = _first_pem_certificate(certfile)
             if leaf is not None:
                 instance.__dict__[_IDENTITY] = self.cert_cache(leaf)
+                expiry.watch_context(instance)
         except Exception as exc:  # noqa: BLE001
             self.recorder.contained("load_cert_chain", exc)
 
@@ -941,7 +942,7 @@ def _server_side(args: Any, kwargs: Any, position: int) -> bool:
     return len(args) > position and bool(args[position])
 
 
-_IDENTITY: Final = "_otel_mtls_identity"
+_IDENTITY: Final = expiry.IDENTITY_ATTRIBUTE
 
 
 def _configured_identity(conn: Any) -> Optional[CertInfo]:
@@ -1167,6 +1168,8 @@ class SSLInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             SSLInstrumentor._hooks = None
             _restore(SSLInstrumentor._originals)
             SSLInstrumentor._originals = []
+            if hooks is not None:
+                hooks.recorder.flush_suppressed()
 
             if hooks is not None:
                 hooks.restore_callbacks()

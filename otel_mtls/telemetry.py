@@ -11,18 +11,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber, get_logger
 from opentelemetry.context import Context
-from opentelemetry.metrics import get_meter
+from opentelemetry.metrics import CallbackOptions, Observation, get_meter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from otel_mtls import attributes as A
 from otel_mtls.certs import Attributes
 from otel_mtls.config import Config
+from otel_mtls.expiry import ExpiryRegistry
+from otel_mtls.tracking import (
+    KIND_ADDRESS,
+    KIND_FINGERPRINT,
+    KIND_UNKNOWN,
+    Crossing,
+    FailureTracker,
+    LogLimiter,
+    Suppressed,
+)
 from otel_mtls.version import __version__
 
 _logger = logging.getLogger(__name__)
@@ -100,6 +111,7 @@ class Recorder:
         )
         self._warned = False
         self._warn_lock = threading.Lock()
+        self._init_monitoring(meter)
 
     def record(self, outcome: Outcome) -> None:
         """Emit the span, the metrics and the log record of one handshake."""
@@ -114,6 +126,11 @@ class Recorder:
             self._metrics(outcome)
         except Exception as exc:  # noqa: BLE001
             self.contained("metrics", exc)
+
+        try:
+            self._monitor(outcome, span_context)
+        except Exception as exc:  # noqa: BLE001
+            self.contained("monitoring", exc)
 
         if outcome.failed or self.config.log_success:
             try:
@@ -148,6 +165,9 @@ class Recorder:
 
     def _log(self, outcome: Outcome, span_context: Optional[Context]) -> None:
         failed = outcome.failed
+        if failed and not self._admit_log(outcome):
+            return
+
         record = LogRecord(
             timestamp=outcome.log_end_ns or outcome.end_ns,
             context=span_context,
@@ -180,3 +200,171 @@ class Recorder:
             )
         else:
             _logger.debug("contained error in %s: %r", where, exc)
+
+    # -- per-client tracking, log flood control, certificate expiry ---------------
+
+    def _init_monitoring(self, meter: Any) -> None:
+        config = self.config
+        self._tracker = FailureTracker(
+            config.failure_threshold, config.failure_window, config.max_tracked_clients
+        )
+        self._limiter = LogLimiter(
+            config.failure_log_limit,
+            config.failure_log_interval,
+            config.max_tracked_clients,
+        )
+        self.expiry = ExpiryRegistry(
+            config.expiry_max_certificates, config.expiry_max_age
+        )
+        self._alerts = meter.create_counter(
+            A.METRIC_EXCESSIVE_FAILURES,
+            unit="{client}",
+            description="Clients that crossed the failure threshold, by key kind.",
+        )
+        self._evictions = meter.create_counter(
+            A.METRIC_TRACKING_EVICTIONS,
+            unit="{client}",
+            description="Tracked clients forgotten to keep memory bounded.",
+        )
+        self._suppressed = meter.create_counter(
+            A.METRIC_LOGS_SUPPRESSED,
+            unit="{record}",
+            description="Failure log records held back by flood control.",
+        )
+        try:
+            meter.create_observable_gauge(
+                A.METRIC_TIME_TO_EXPIRY,
+                callbacks=[self._observe_expiry],
+                unit="s",
+                description="Seconds until expiry of served, presented and peer "
+                "certificates.",
+            )
+        except Exception as exc:  # noqa: BLE001 - a broken meter must not stop us
+            self.contained("expiry", exc)
+
+    def _monitor(self, outcome: Outcome, span_context: Optional[Context]) -> None:
+        """Feed the tracker (failed server handshakes) or the expiry registry."""
+        if not outcome.failed:
+            self.expiry.note_handshake(outcome.side, outcome.attributes)
+            # A handshake with no record of its own still closes ended intervals.
+            self._emit_suppressed(self._limiter.due())
+            return
+
+        if outcome.side != "server":
+            return
+
+        attrs = outcome.attributes
+        fingerprint = attrs.get(A.TLS_CLIENT_HASH_SHA256)
+        address = attrs.get(A.CLIENT_ADDRESS)
+        crossings, evicted = self._tracker.failure(
+            fingerprint if isinstance(fingerprint, str) else None,
+            address if isinstance(address, str) else None,
+            str(attrs.get(A.MTLS_FAILURE_REASON, "other")),
+        )
+
+        for kind, count in evicted.items():
+            self._evictions.add(count, {A.MTLS_TRACKING_KEY_KIND: kind})
+
+        for crossing in crossings:
+            self._alerts.add(1, {A.MTLS_TRACKING_KEY_KIND: crossing.kind})
+            self._otel_logger.emit(_excessive_record(crossing, span_context))
+
+    def _admit_log(self, outcome: Outcome) -> bool:
+        """Flood control: whether this failure's log record may be emitted."""
+        kind, attribute, key = _log_key(outcome)
+        allowed, due = self._limiter.admit(kind, attribute, key)
+        self._emit_suppressed(due)
+
+        if not allowed:
+            self._suppressed.add(1, {A.MTLS_SIDE: outcome.side})
+
+        return allowed
+
+    def _emit_suppressed(self, due: list[Suppressed]) -> None:
+        for summary in due:
+            self._otel_logger.emit(_suppressed_record(summary))
+
+    def flush_suppressed(self) -> None:
+        """Report every pending count of suppressed records now (at shutdown)."""
+        try:
+            self._emit_suppressed(self._limiter.flush())
+        except Exception as exc:  # noqa: BLE001
+            self.contained("monitoring", exc)
+
+    def _observe_expiry(self, options: CallbackOptions) -> list[Observation]:
+        try:
+            return [
+                Observation(seconds, attrs) for seconds, attrs in self.expiry.observe()
+            ]
+        except Exception as exc:  # noqa: BLE001
+            self.contained("expiry", exc)
+            return []
+
+
+def _log_key(outcome: Outcome) -> tuple[str, str, str]:
+    """Flood control's key: the peer's fingerprint, else its address."""
+    attrs = outcome.attributes
+    if outcome.side == "server":
+        candidates = (
+            (KIND_FINGERPRINT, A.TLS_CLIENT_HASH_SHA256),
+            (KIND_ADDRESS, A.CLIENT_ADDRESS),
+        )
+    else:
+        candidates = (
+            (KIND_FINGERPRINT, A.TLS_SERVER_HASH_SHA256),
+            (KIND_ADDRESS, A.NETWORK_PEER_ADDRESS),
+        )
+
+    for kind, attribute in candidates:
+        value = attrs.get(attribute)
+        if isinstance(value, str) and value:
+            return kind, attribute, value
+
+    return KIND_UNKNOWN, "", KIND_UNKNOWN
+
+
+def _key_attributes(kind: str, attribute: str, key: str) -> dict[str, Any]:
+    # The key goes in its usual attribute, so redaction.yaml treats it as usual.
+    attrs: dict[str, Any] = {A.MTLS_TRACKING_KEY_KIND: kind}
+    if attribute:
+        attrs[attribute] = key
+
+    return attrs
+
+
+def _excessive_record(crossing: Crossing, context: Optional[Context]) -> LogRecord:
+    attribute = (
+        A.TLS_CLIENT_HASH_SHA256
+        if crossing.kind == KIND_FINGERPRINT
+        else A.CLIENT_ADDRESS
+    )
+    attrs = _key_attributes(crossing.kind, attribute, crossing.key)
+    attrs[A.MTLS_SIDE] = "server"
+    attrs[A.MTLS_TRACKING_FAILURES] = crossing.count
+    attrs[A.MTLS_TRACKING_WINDOW] = int(crossing.window)
+    attrs[A.MTLS_TRACKING_REASONS] = list(crossing.reasons)
+
+    return LogRecord(
+        timestamp=time.time_ns(),
+        context=context,
+        severity_number=SeverityNumber.WARN,
+        severity_text="WARN",
+        body="excessive mTLS authentication failures",
+        attributes=attrs,
+        event_name=A.EVENT_EXCESSIVE_FAILURES,
+    )
+
+
+def _suppressed_record(summary: Suppressed) -> LogRecord:
+    attrs = _key_attributes(summary.kind, summary.attribute, summary.key)
+    attrs[A.MTLS_LOG_SUPPRESSED] = summary.count
+    attrs[A.MTLS_LOG_INTERVAL] = int(summary.interval)
+
+    return LogRecord(
+        timestamp=time.time_ns(),
+        severity_number=SeverityNumber.WARN,
+        severity_text="WARN",
+        body=f"{summary.count} mTLS handshake failure records suppressed",
+        attributes=attrs,
+        event_name=A.EVENT_FAILURES_SUPPRESSED,
+    )

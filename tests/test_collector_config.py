@@ -11,24 +11,18 @@ missing promtool or Go skips the tests that need it, with the reason; in CI
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
 import shutil
-import socket
 import ssl
-import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any
 
 import pytest
 from opentelemetry._logs import SeverityNumber
@@ -50,10 +44,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import StatusCode
 
 from otel_mtls.pki import CertificateAuthority
+from tests import backend
+from tests.backend import CONFIG_DIR, JAEGER_CONFIG, PROMETHEUS_DIR
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "collector-config"
-BUILD_SCRIPT = CONFIG_DIR / "build.sh"
-PROMETHEUS_DIR = CONFIG_DIR / "prometheus"
 GRAFANA_DIR = CONFIG_DIR / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboard.json"
 
@@ -64,7 +57,6 @@ GATEWAY_CONFIGS: tuple[tuple[str, ...], ...] = (
     ("gateway.yaml", "gateway-mtls.yaml"),
     ("gateway.yaml", "gateway-mtls.yaml", "redaction.yaml"),
 )
-JAEGER_CONFIG = "jaeger.yaml"
 NOT_COLLECTOR_CONFIGS = frozenset({"builder-config.yaml"})
 
 # Grafana's macros and the dashboard's variables, replaced by values that keep
@@ -76,84 +68,23 @@ GRAFANA_SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     ("$job", ".*"),
 )
 
-IN_CI = bool(os.environ.get("CI"))
-PROCESS_START_TIMEOUT = 60.0
-DELIVERY_TIMEOUT = 60.0
-
-# Whichever test first asks for a binary pays for building it (about 7 minutes
-# for the collector and 11 for Jaeger on 2 cores), inside its own timeout.
-needs_build = pytest.mark.timeout(1800)
-
-
-def _missing(what: str) -> NoReturn:
-    """Skip outside CI, fail in CI, where every tool is meant to be installed."""
-    if IN_CI:
-        pytest.fail(what)
-    pytest.skip(what)
-
-
-def _run(
-    args: Sequence[str],
-    env: Optional[Mapping[str, str]] = None,
-    cwd: Optional[Path] = None,
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args,
-        env=None if env is None else {**os.environ, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def _assert_ok(result: subprocess.CompletedProcess[str]) -> None:
-    command = " ".join(str(arg) for arg in result.args)
-    assert result.returncode == 0, (
-        f"{command} exited {result.returncode}\n"
-        f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    )
-
-
-def _build(target: str) -> Path:
-    if shutil.which("go") is None:
-        _missing("Go is needed to build the collector and Jaeger (build.sh)")
-
-    # A cold build compiles a few hundred modules: minutes, not seconds.
-    result = _run([str(BUILD_SCRIPT), target], timeout=3600)
-    if result.returncode != 0:
-        pytest.fail(f"build.sh {target} failed:\n{result.stderr}", pytrace=False)
-
-    binary = Path(result.stdout.strip())
-    assert binary.is_file(), f"build.sh {target} printed {result.stdout!r}"
-    return binary
-
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        _missing("promtool not found; run collector-config/install-deps.sh")
+        backend.missing("promtool not found; run collector-config/install-deps.sh")
     return path
 
 
 @pytest.fixture(scope="session")
 def collector() -> Path:
-    return _build("collector")
+    return backend.build("collector")
 
 
 @pytest.fixture(scope="session")
 def jaeger() -> Path:
-    return _build("jaeger")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return backend.build("jaeger")
 
 
 def _mtls_env(directory: Path) -> dict[str, str]:
@@ -163,10 +94,6 @@ def _mtls_env(directory: Path) -> dict[str, str]:
         "OTEL_MTLS_GATEWAY_KEY_FILE": str(directory / "server-key.pem"),
         "OTEL_MTLS_GATEWAY_CLIENT_CA_FILE": str(directory / "clients-ca.pem"),
     }
-
-
-def _config_args(names: Sequence[str], directory: Path = CONFIG_DIR) -> list[str]:
-    return [f"--config={directory / name}" for name in names]
 
 
 # Collector and Jaeger configs.
@@ -180,20 +107,21 @@ def test_every_collector_config_is_validated() -> None:
 
 
 @pytest.mark.slow
-@needs_build
+@backend.needs_build
 @pytest.mark.parametrize("names", GATEWAY_CONFIGS, ids="+".join)
 def test_gateway_config_validates(
     collector: Path, names: tuple[str, ...], tmp_path: Path
 ) -> None:
-    result = _run(
-        [str(collector), "validate", *_config_args(names)], env=_mtls_env(tmp_path)
+    result = backend.run(
+        [str(collector), "validate", *backend.config_args(names)],
+        env=_mtls_env(tmp_path),
     )
 
-    _assert_ok(result)
+    backend.assert_ok(result)
 
 
 @pytest.mark.slow
-@needs_build
+@backend.needs_build
 def test_validate_rejects_a_broken_gateway_config(
     collector: Path, tmp_path: Path
 ) -> None:
@@ -207,18 +135,22 @@ def test_validate_rejects_a_broken_gateway_config(
     )
     (tmp_path / "broken.yaml").write_text(broken, encoding="utf-8")
 
-    result = _run([str(collector), "validate", f"--config={tmp_path / 'broken.yaml'}"])
+    result = backend.run(
+        [str(collector), "validate", f"--config={tmp_path / 'broken.yaml'}"]
+    )
 
     assert result.returncode != 0
     assert "attributes/undefined" in result.stderr + result.stdout
 
 
 @pytest.mark.slow
-@needs_build
+@backend.needs_build
 def test_jaeger_config_validates(jaeger: Path) -> None:
-    result = _run([str(jaeger), "validate", *_config_args([JAEGER_CONFIG])])
+    result = backend.run(
+        [str(jaeger), "validate", *backend.config_args([JAEGER_CONFIG])]
+    )
 
-    _assert_ok(result)
+    backend.assert_ok(result)
 
 
 # Prometheus.
@@ -226,21 +158,25 @@ def test_jaeger_config_validates(jaeger: Path) -> None:
 
 def test_prometheus_config_is_valid(promtool: str) -> None:
     # check config also checks the rule files the config lists.
-    result = _run([promtool, "check", "config", "prometheus.yml"], cwd=PROMETHEUS_DIR)
+    result = backend.run(
+        [promtool, "check", "config", "prometheus.yml"], cwd=PROMETHEUS_DIR
+    )
 
-    _assert_ok(result)
+    backend.assert_ok(result)
 
 
 def test_alert_rules_are_valid(promtool: str) -> None:
-    result = _run([promtool, "check", "rules", "alerts.yml"], cwd=PROMETHEUS_DIR)
+    result = backend.run([promtool, "check", "rules", "alerts.yml"], cwd=PROMETHEUS_DIR)
 
-    _assert_ok(result)
+    backend.assert_ok(result)
 
 
 def test_alert_rule_unit_tests_pass(promtool: str) -> None:
-    result = _run([promtool, "test", "rules", "alerts_test.yml"], cwd=PROMETHEUS_DIR)
+    result = backend.run(
+        [promtool, "test", "rules", "alerts_test.yml"], cwd=PROMETHEUS_DIR
+    )
 
-    _assert_ok(result)
+    backend.assert_ok(result)
 
 
 def _alert_names(text: str) -> set[str]:
@@ -313,9 +249,9 @@ def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> No
     rule_file = tmp_path / "dashboard-rules.yml"
     rule_file.write_text(json.dumps(rules), encoding="utf-8")  # JSON is YAML
 
-    result = _run([promtool, "check", "rules", str(rule_file)])
+    result = backend.run([promtool, "check", "rules", str(rule_file)])
 
-    _assert_ok(result)
+    backend.assert_ok(result)
     assert f"SUCCESS: {len(queries)} rules found" in result.stdout
 
 
@@ -342,11 +278,11 @@ def test_dashboard_structure() -> None:
 @pytest.mark.slow
 def test_dashboard_matches_grafana_schema() -> None:
     if shutil.which("npm") is None:
-        _missing("npm is needed to install @grafana/schema (check-schema.sh)")
+        backend.missing("npm is needed to install @grafana/schema (check-schema.sh)")
 
-    result = _run([str(GRAFANA_DIR / "check-schema.sh")], timeout=600)
+    result = backend.run([str(GRAFANA_DIR / "check-schema.sh")], timeout=600)
 
-    _assert_ok(result)
+    backend.assert_ok(result)
 
 
 def test_dashboard_datasources_are_provisioned() -> None:
@@ -398,175 +334,6 @@ def test_dashboard_and_alerts_use_only_known_names() -> None:
 
 
 # The whole stack on loopback.
-
-
-@dataclass
-class _Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")[-6000:]
-
-
-@dataclass
-class _Stack:
-    gateway_grpc: str
-    gateway_http: str
-    jaeger_query: str
-    prometheus: str
-    audit_dir: Path
-    processes: list[_Process]
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {process.name} ---\n{process.output()}" for process in self.processes
-        )
-
-
-def _http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def _wait_for(
-    what: str, probe: Callable[[], bool], stack_logs: Callable[[], str], timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if probe():
-                return
-        time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}\n{stack_logs()}", pytrace=False)
-
-
-def _start(
-    name: str, args: Sequence[str], env: Mapping[str, str], directory: Path
-) -> _Process:
-    log = directory / f"{name}.log"
-    with log.open("wb") as sink:
-        popen = subprocess.Popen(
-            args,
-            env={**os.environ, **env},
-            cwd=directory,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    return _Process(name, popen, log)
-
-
-def _stop(process: _Process) -> None:
-    process.popen.terminate()
-    try:
-        process.popen.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.popen.kill()
-        process.popen.wait()
-
-
-def _prometheus_config(directory: Path, exporter: str, telemetry: str) -> Path:
-    """A copy of prometheus.yml scraping this run's ports, every second."""
-    text = (PROMETHEUS_DIR / "prometheus.yml").read_text(encoding="utf-8")
-    text = text.replace("127.0.0.1:9464", exporter).replace("127.0.0.1:8888", telemetry)
-    text = text.replace("scrape_interval: 15s", "scrape_interval: 1s")
-    shutil.copy(PROMETHEUS_DIR / "alerts.yml", directory / "alerts.yml")
-    config = directory / "prometheus.yml"
-    config.write_text(text, encoding="utf-8")
-    return config
-
-
-def _loopback() -> str:
-    return f"127.0.0.1:{_free_port()}"
-
-
-def _gateway_env(directory: Path) -> dict[str, str]:
-    """Free ports and an audit directory for one gateway run."""
-    # The file exporter creates its files, not their directory.
-    (directory / "audit").mkdir()
-    return {
-        "OTEL_MTLS_GATEWAY_GRPC_ENDPOINT": _loopback(),
-        "OTEL_MTLS_GATEWAY_HTTP_ENDPOINT": _loopback(),
-        "OTEL_MTLS_GATEWAY_HEALTH_ENDPOINT": _loopback(),
-        "OTEL_MTLS_GATEWAY_TELEMETRY_PORT": str(_free_port()),
-        "OTEL_MTLS_PROMETHEUS_EXPORTER_ENDPOINT": _loopback(),
-        "OTEL_MTLS_AUDIT_DIR": str(directory / "audit"),
-        "OTEL_MTLS_JAEGER_OTLP_GRPC_ENDPOINT": _loopback(),
-    }
-
-
-def _jaeger_env() -> dict[str, str]:
-    """Free ports for one Jaeger run, except the OTLP gRPC one it shares."""
-    return {
-        "OTEL_MTLS_JAEGER_OTLP_HTTP_ENDPOINT": _loopback(),
-        "OTEL_MTLS_JAEGER_QUERY_HTTP_ENDPOINT": _loopback(),
-        "OTEL_MTLS_JAEGER_QUERY_GRPC_ENDPOINT": _loopback(),
-        "OTEL_MTLS_JAEGER_HEALTH_ENDPOINT": _loopback(),
-        "OTEL_MTLS_JAEGER_TELEMETRY_PORT": str(_free_port()),
-    }
-
-
-def _answers(url: str) -> Callable[[], bool]:
-    return lambda: _http_get(url)[0] == 200
-
-
-@contextlib.contextmanager
-def _stack(
-    collector: Path, jaeger: Path, configs: Sequence[str], directory: Path
-) -> Iterator[_Stack]:
-    prometheus_binary = shutil.which("prometheus")
-    if prometheus_binary is None:
-        _missing("prometheus not found; run collector-config/install-deps.sh")
-
-    env = {**_gateway_env(directory), **_jaeger_env()}
-    prometheus = _loopback()
-    prometheus_config = _prometheus_config(
-        directory,
-        env["OTEL_MTLS_PROMETHEUS_EXPORTER_ENDPOINT"],
-        f"127.0.0.1:{env['OTEL_MTLS_GATEWAY_TELEMETRY_PORT']}",
-    )
-    stack = _Stack(
-        gateway_grpc=env["OTEL_MTLS_GATEWAY_GRPC_ENDPOINT"],
-        gateway_http=env["OTEL_MTLS_GATEWAY_HTTP_ENDPOINT"],
-        jaeger_query=f"http://{env['OTEL_MTLS_JAEGER_QUERY_HTTP_ENDPOINT']}",
-        prometheus=f"http://{prometheus}",
-        audit_dir=Path(env["OTEL_MTLS_AUDIT_DIR"]),
-        processes=[],
-    )
-    # Each process, and the URL that answers 200 once it is ready.
-    commands = {
-        "jaeger": (
-            [str(jaeger), *_config_args([JAEGER_CONFIG])],
-            f"{stack.jaeger_query}/api/services",
-        ),
-        "gateway": (
-            [str(collector), *_config_args(configs)],
-            f"http://{env['OTEL_MTLS_GATEWAY_HEALTH_ENDPOINT']}/",
-        ),
-        "prometheus": (
-            [
-                prometheus_binary,
-                f"--config.file={prometheus_config}",
-                f"--web.listen-address={prometheus}",
-                f"--storage.tsdb.path={directory / 'prometheus-data'}",
-            ],
-            f"{stack.prometheus}/-/ready",
-        ),
-    }
-    try:
-        for name, (command, ready) in commands.items():
-            stack.processes.append(_start(name, command, env, directory))
-            _wait_for(
-                f"{name} at {ready}", _answers(ready), stack.logs, PROCESS_START_TIMEOUT
-            )
-        yield stack
-    finally:
-        for process in reversed(stack.processes):
-            _stop(process)
 
 
 # What the test sends: one failed server-side handshake, as the package reports it.
@@ -638,38 +405,8 @@ def _send_failed_handshake(endpoint: str, service: str) -> None:
     meter_provider.shutdown()
 
 
-def _prometheus_series(stack: _Stack, query: str) -> list[dict[str, Any]]:
-    url = f"{stack.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    status, body = _http_get(url)
-    assert status == 200, body
-    result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
-    return result
-
-
-def _wait_for_series(stack: _Stack, query: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-
-    def probe() -> bool:
-        found[:] = _prometheus_series(stack, query)
-        return bool(found)
-
-    _wait_for(f"Prometheus series {query}", probe, stack.logs, DELIVERY_TIMEOUT)
-    return found
-
-
-def _jaeger_spans(stack: _Stack, service: str) -> list[dict[str, Any]]:
-    url = f"{stack.jaeger_query}/api/traces?" + urllib.parse.urlencode(
-        {"service": service}
-    )
-    status, body = _http_get(url)
-    if status != 200:
-        return []
-    traces = json.loads(body).get("data") or []
-    return [span for trace in traces for span in trace["spans"]]
-
-
 @pytest.mark.slow
-@needs_build
+@backend.needs_build
 @pytest.mark.parametrize("redacted", [False, True], ids=["plain", "redacted"])
 def test_stack_delivers_telemetry(
     collector: Path, jaeger: Path, tmp_path: Path, redacted: bool
@@ -682,34 +419,36 @@ def test_stack_delivers_telemetry(
         else CLIENT_ADDRESS
     )
 
-    with _stack(collector, jaeger, configs, tmp_path) as stack:
+    with backend.stack(collector, jaeger, configs, tmp_path) as stack:
         _send_failed_handshake(stack.gateway_grpc, service)
 
-        handshakes = _wait_for_series(
+        handshakes = backend.wait_for_series(
             stack, f'mtls_handshakes_total{{job="{service}"}}'
         )
-        failures = _wait_for_series(
+        failures = backend.wait_for_series(
             stack, f'mtls_client_auth_failures_total{{job="{service}"}}'
         )
-        _wait_for_series(
+        backend.wait_for_series(
             stack, f'mtls_handshake_duration_seconds_bucket{{job="{service}"}}'
         )
-        expiry = _wait_for_series(
+        expiry = backend.wait_for_series(
             stack, f'mtls_certificate_time_to_expiry_seconds{{job="{service}"}}'
         )
         spans: list[dict[str, Any]] = []
 
         def spans_arrived() -> bool:
-            spans[:] = _jaeger_spans(stack, service)
+            spans[:] = backend.jaeger_spans(stack, service)
             return bool(spans)
 
-        _wait_for("spans in Jaeger", spans_arrived, stack.logs, DELIVERY_TIMEOUT)
+        backend.wait_for(
+            "spans in Jaeger", spans_arrived, stack.logs, backend.DELIVERY_TIMEOUT
+        )
         audit_logs = stack.audit_dir / "logs.jsonl"
-        _wait_for(
+        backend.wait_for(
             "the audit log file",
             lambda: audit_logs.is_file() and audit_logs.stat().st_size > 0,
             stack.logs,
-            DELIVERY_TIMEOUT,
+            backend.DELIVERY_TIMEOUT,
         )
 
     assert len(handshakes) == 1
@@ -758,7 +497,7 @@ def _post(url: str, context: ssl.SSLContext) -> int:
 
 
 @pytest.mark.slow
-@needs_build
+@backend.needs_build
 def test_mtls_gateway_requires_client_certificate(
     collector: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -767,7 +506,7 @@ def test_mtls_gateway_requires_client_certificate(
     client = ca.issue("app").write(tmp_path)
     ca_file = ca.write(tmp_path / "ca.pem")
     env = {
-        **_gateway_env(tmp_path),
+        **backend.gateway_env(tmp_path),
         "OTEL_MTLS_GATEWAY_CERT_FILE": str(server.cert_path),
         "OTEL_MTLS_GATEWAY_KEY_FILE": str(server.key_path),
         "OTEL_MTLS_GATEWAY_CLIENT_CA_FILE": str(ca_file),
@@ -776,18 +515,18 @@ def test_mtls_gateway_requires_client_certificate(
     http_endpoint = env["OTEL_MTLS_GATEWAY_HTTP_ENDPOINT"]
     health_endpoint = env["OTEL_MTLS_GATEWAY_HEALTH_ENDPOINT"]
     exporter_endpoint = env["OTEL_MTLS_PROMETHEUS_EXPORTER_ENDPOINT"]
-    gateway = _start(
+    gateway = backend.start(
         "gateway",
-        [str(collector), *_config_args(("gateway.yaml", "gateway-mtls.yaml"))],
+        [str(collector), *backend.config_args(("gateway.yaml", "gateway-mtls.yaml"))],
         env,
         tmp_path,
     )
     try:
-        _wait_for(
+        backend.wait_for(
             "the gateway",
-            _answers(f"http://{health_endpoint}/"),
+            backend.answers(f"http://{health_endpoint}/"),
             gateway.output,
-            PROCESS_START_TIMEOUT,
+            backend.PROCESS_START_TIMEOUT,
         )
 
         # gRPC with a client certificate, configured the way the README tells
@@ -806,14 +545,14 @@ def test_mtls_gateway_requires_client_certificate(
             1, FAILURE_ATTRIBUTES
         )
         provider.shutdown()
-        _wait_for(
+        backend.wait_for(
             "the metric sent over mTLS",
             lambda: (
                 b"mtls_handshakes_total{"
-                in _http_get(f"http://{exporter_endpoint}/metrics")[1]
+                in backend.http_get(f"http://{exporter_endpoint}/metrics")[1]
             ),
             gateway.output,
-            DELIVERY_TIMEOUT,
+            backend.DELIVERY_TIMEOUT,
         )
 
         # HTTP: accepted with a client certificate, refused without one.
@@ -826,4 +565,4 @@ def test_mtls_gateway_requires_client_certificate(
         with pytest.raises((ssl.SSLError, ConnectionResetError, urllib.error.URLError)):
             _post(url, anonymous)
     finally:
-        _stop(gateway)
+        backend.stop(gateway)
