@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.handshakes import _providers
+from benchmarks.handshakes import make_providers
 from otel_mtls import pki as pki_module
 from otel_mtls.ssl_instrumentor import SSLInstrumentor
 
@@ -81,7 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         pki = pki_module.build_demo_pki(Path(tmp))
         if args.mode == "instrumented":
-            SSLInstrumentor().instrument(**_providers())
+            SSLInstrumentor().instrument(**make_providers())
 
         server_ctx = pki_module.server_context(pki.server, pki.ca_path)
         client_ctx = pki_module.client_context(

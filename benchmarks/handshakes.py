@@ -123,7 +123,7 @@ def _batch(client_ctx: ssl.SSLContext, port: int, count: int) -> float:
     return time.perf_counter() - start
 
 
-def _providers() -> dict[str, Any]:
+def make_providers() -> dict[str, Any]:
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(_DropSpans()))
     logger_provider = LoggerProvider()
@@ -151,7 +151,7 @@ def measure(
     client_ctx = pki_module.client_context(
         pki.ca_path, pki.clients[credential], version=version
     )
-    providers = _providers()
+    providers = make_providers()
     instrumentor = SSLInstrumentor()
     server = _Server(server_ctx)
     ratios: list[float] = []
