@@ -13,10 +13,14 @@ Hook points, and why each is needed:
   the one connection object, removed as soon as the outcome is known, so
   established connections pay nothing.
 - A TLS 1.3 client's handshake returns before the server has judged its
-  certificate; when the server asked for one, the verdict stays open until the
-  first read confirms or refutes it.
+  certificate, so the client's verdict (when the server asked for a
+  certificate, or when that is unknown) stays open until the first read
+  confirms or refutes it.
 - The message callback keeps the peer's Certificate message and the alerts, so a
-  rejected certificate is still recorded and the alert is known exactly.
+  rejected certificate is still recorded and the alert is known exactly. It goes
+  on server contexts that request client certificates; clients have other
+  sources and get it only when configured to (see ``wants_callback``).
+- ``load_cert_chain`` tells which certificate a context presents or serves.
 """
 
 from __future__ import annotations
