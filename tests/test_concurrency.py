@@ -6,7 +6,7 @@ import socket
 import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import Any, Optional
 
 from otel_mtls import attributes as A
 from otel_mtls import pki as pki_module
@@ -124,5 +124,5 @@ def test_concurrent_handshakes_keep_outcomes_and_identities(pki: DemoPKI) -> Non
     assert server_total == len(observed)
 
 
-def _server_spans(telemetry: Telemetry) -> list[dict[str, object]]:
+def _server_spans(telemetry: Telemetry) -> list[dict[str, Any]]:
     return [dict(span.attributes or {}) for span in telemetry.spans("server")]
