@@ -1,7 +1,8 @@
 """Test, lint and documentation sessions.
 
-``python3 -m nox`` runs every session: the test suite on each supported Python, the
-linters, and a strict documentation build. Interpreters are looked up on ``PATH``,
+``python3 -m nox`` runs the test suite on each supported Python; on the quality
+Python the suite also runs ruff, mypy and a strict documentation build
+(``nox -s lint docs`` runs those alone). Interpreters are looked up on ``PATH``,
 to which every pyenv-installed CPython of a supported version is prepended.
 
 A missing interpreter is skipped on a developer's machine and is an error on CI
@@ -27,6 +28,10 @@ ROOT = Path(__file__).resolve().parent
 INSTALL_DEPS = ROOT / "collector-config" / "install-deps.sh"
 
 nox.options.default_venv_backend = "venv"
+
+# lint and docs stay available by name; by default their checks run inside the
+# test suite (tests/test_quality.py on the quality Python), not a second time.
+nox.options.sessions = ["interpreters", "tests"]
 nox.options.reuse_existing_virtualenvs = False
 
 # Newer nox downloads a missing Python by default; no such download is possible

@@ -89,7 +89,10 @@ def render_reference() -> str:
 
         if kind == "metric":
             allowed = ", ".join(_code(name) for name in METRIC_ATTRIBUTES)
-            sections.append(f"Metrics carry only these attributes: {allowed}.")
+            sections.append(
+                "The handshake metrics carry only these attributes: "
+                f"{allowed}. Each other metric names its attributes above."
+            )
 
     return "\n\n".join(sections)
 

@@ -313,7 +313,8 @@ REGISTRY: Final[tuple[Definition, ...]] = (
         METRIC_TELEMETRY_ERRORS,
         "metric",
         "counter",
-        "Errors inside the instrumentation itself, contained and counted.",
+        "Errors inside the instrumentation itself, contained and counted, by "
+        "`mtls.instrumentation.stage`.",
     ),
     Definition(
         EVENT_HANDSHAKE_FAILED,
@@ -390,7 +391,7 @@ REGISTRY: Final[tuple[Definition, ...]] = (
         METRIC_LOGS_SUPPRESSED,
         "metric",
         "counter",
-        "Failure log records held back by log flood control.",
+        "Failure log records held back by log flood control, by `mtls.handshake.side`.",
     ),
     Definition(
         METRIC_TIME_TO_EXPIRY,

@@ -129,8 +129,9 @@ REASONS: Final[tuple[Reason, ...]] = (
     ),
     Reason(
         NOT_TLS,
-        "The peer spoke plain HTTP (or another protocol) to a TLS port.",
-        "http:// URL for an https:// endpoint.",
+        "The peer's bytes were not TLS records: plain HTTP, another protocol, "
+        "an SSLv2 hello, garbage.",
+        "http:// URL for an https:// endpoint; a scanner.",
     ),
     Reason(
         NO_SHARED_CIPHER,
@@ -144,7 +145,7 @@ REASONS: Final[tuple[Reason, ...]] = (
     ),
     Reason(
         NO_CLIENT_HELLO,
-        "Server side: the connection closed before any ClientHello arrived.",
+        "Server side: the connection closed before a complete ClientHello arrived.",
         "A TCP health check or a port scan; not an authentication failure.",
     ),
     Reason(
@@ -184,12 +185,16 @@ _OPENSSL_REASONS: Final[dict[str, str]] = {
     "NO_SHARED_GROUPS": NO_SHARED_CIPHER,
     "UNSUPPORTED_PROTOCOL": PROTOCOL_MISMATCH,
     "NO_PROTOCOLS_AVAILABLE": PROTOCOL_MISMATCH,
-    "WRONG_VERSION_NUMBER": PROTOCOL_MISMATCH,
     "VERSION_TOO_LOW": PROTOCOL_MISMATCH,
     "VERSION_TOO_HIGH": PROTOCOL_MISMATCH,
     "TLSV1_ALERT_PROTOCOL_VERSION": PROTOCOL_MISMATCH,
     "HTTP_REQUEST": NOT_TLS,
     "HTTPS_PROXY_REQUEST": NOT_TLS,
+    # Record-layer nonsense: the bytes were not TLS records at all.
+    "WRONG_VERSION_NUMBER": NOT_TLS,
+    "UNKNOWN_PROTOCOL": NOT_TLS,
+    "PACKET_LENGTH_TOO_LONG": NOT_TLS,
+    "RECORD_LENGTH_MISMATCH": NOT_TLS,
 }
 
 # OpenSSL's word for a peer that went away mid-handshake.

@@ -164,10 +164,18 @@ class Config:
     expiry_max_age: int = 86_400
 
 
-def _parse(setting: Setting, raw: str) -> Any:
-    text = raw.strip().lower()
+def _parse(setting: Setting, raw: object) -> Any:
+    """Check one value, from a keyword argument or the environment.
 
+    Keyword values get the same checks as environment text: ``"false"`` is
+    false, and a length of zero or less is refused rather than silently slicing
+    names apart.
+    """
     if setting.type is bool:
+        if isinstance(raw, bool):
+            return raw
+
+        text = str(raw).strip().lower()
         if text in _TRUE:
             return True
 
@@ -176,7 +184,14 @@ def _parse(setting: Setting, raw: str) -> Any:
 
         raise ValueError(f"expected true or false, got {raw!r}")
 
-    value = int(text)
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+        raise ValueError(f"expected a positive integer, got {raw!r}")
+
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+
     if value < 1:
         raise ValueError(f"expected a positive integer, got {raw!r}")
 
@@ -186,31 +201,29 @@ def _parse(setting: Setting, raw: str) -> Any:
 def resolve(
     kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> Config:
-    """Resolve every setting; a bad environment value falls back to the default.
+    """Resolve every setting; a bad value falls back to the default.
 
-    A misconfigured variable must not stop the application: it is reported through
-    the module logger and the default is used.
+    A misconfigured setting must not stop the application: it is reported
+    through the module logger, naming the keyword or variable, and the default
+    is used.
     """
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
 
     for setting in SETTINGS:
-        if kwargs.get(setting.keyword) is not None:
-            values[setting.keyword] = setting.type(kwargs[setting.keyword])
-            continue
-
-        raw = env.get(setting.env)
-        if raw is None or raw.strip() == "":
-            continue
+        raw: object = kwargs.get(setting.keyword)
+        source = f"the keyword argument {setting.keyword}"
+        if raw is None:
+            raw = env.get(setting.env)
+            source = setting.env
+            if raw is None or str(raw).strip() == "":
+                continue
 
         try:
             values[setting.keyword] = _parse(setting, raw)
         except ValueError as exc:
             _logger.warning(
-                "ignoring %s: %s; using the default %r",
-                setting.env,
-                exc,
-                setting.default,
+                "ignoring %s: %s; using the default %r", source, exc, setting.default
             )
 
     return Config(**values)

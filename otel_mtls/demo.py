@@ -722,8 +722,13 @@ def run(
         return 1
 
     with contextlib.ExitStack() as stack:
-        directory = _pki_directory(stack, keep_dir)
-        pki = build_demo_pki(directory)
+        try:
+            directory = _pki_directory(stack, keep_dir)
+            pki = build_demo_pki(directory)
+        except OSError as exc:
+            print(f"otel-mtls demo: cannot write the PKI: {exc}", file=sys.stderr)
+            return 2
+
         telemetry = Telemetry(otlp_targets(os.environ))
         stack.callback(telemetry.shutdown)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import _ssl
 import asyncio.sslproto
+import atexit
 import functools
 import logging
 import ssl
@@ -509,6 +510,10 @@ class _Hooks:
 
         if _negotiated(conn):
             self.succeeded(conn, state)
+            if _awaiting(state) and name == "read" and _has_data(result):
+                # The read that finished a TLS 1.3 handshake already carries the
+                # server's data: its verdict on our certificate was yes.
+                self.confirm(conn, state)
             return
 
         # An empty read before the handshake finished: the peer went away.
@@ -969,6 +974,19 @@ def _parse_message(data: bytes, version: int) -> tuple[bytes, ...]:
     return tuple(tlsmsg.parse_any_certificate_message(data, version))
 
 
+def _awaiting(state: _ConnState) -> bool:
+    """Whether the state holds a verdict still waiting for the first read."""
+    return state.pending is not None
+
+
+def _has_data(result: Any) -> bool:
+    """A read returned bytes (``read(n)``) or a positive count (``read(n, buf)``)."""
+    if isinstance(result, int):
+        return result > 0
+
+    return bool(result)
+
+
 def _note_progress(conn: Any, state: _ConnState) -> None:
     state.server_hello_seen = conn.cipher() is not None
 
@@ -1164,6 +1182,9 @@ class SSLInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             SSLInstrumentor._originals = originals
 
             SSLInstrumentor._hooks = hooks
+            # Pending flood-control summaries go out before the providers shut
+            # down: their exit handlers were registered earlier, so run later.
+            atexit.register(recorder.flush_suppressed)
             _logger.debug("ssl instrumentation active: %s", config)
 
     def _uninstrument(self, **kwargs: Any) -> None:
@@ -1173,6 +1194,7 @@ class SSLInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             _restore(SSLInstrumentor._originals)
             SSLInstrumentor._originals = []
             if hooks is not None:
+                atexit.unregister(hooks.recorder.flush_suppressed)
                 hooks.recorder.flush_suppressed()
 
             if hooks is not None:

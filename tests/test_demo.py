@@ -271,3 +271,17 @@ def test_exports_over_otlp_when_an_endpoint_is_set(
 
     assert f"metrics to {receiver} (http/protobuf)" in capsys.readouterr().out
     assert {"/v1/traces", "/v1/metrics", "/v1/logs"} <= set(_Receiver.paths)
+
+
+def test_an_unusable_keep_dir_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+
+    status = main(["demo", "--keep-dir", str(blocker)])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("otel-mtls demo: cannot write the PKI: ")
+    assert "Traceback" not in err and err.count("\n") == 1

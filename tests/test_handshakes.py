@@ -6,6 +6,7 @@ import datetime
 import socket
 import ssl
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -390,3 +391,38 @@ def test_timeout(telemetry: Telemetry, pki: DemoPKI) -> None:
 
     attrs = dict(telemetry.span("server").attributes or {})
     assert attrs[A.MTLS_FAILURE_REASON] == "timeout"
+
+
+def test_tls13_client_reading_first_is_confirmed_by_that_read(
+    telemetry: Telemetry, pki: DemoPKI
+) -> None:
+    """A lazy client whose first call is a read learns the verdict in it."""
+    server_ctx = pki_module.server_context(pki.server, pki.ca_path)
+    client_ctx = pki_module.client_context(pki.ca_path, pki.clients["valid"])
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(TIMEOUT)
+
+    def banner_server() -> None:
+        raw, _ = listener.accept()
+        raw.settimeout(TIMEOUT)
+        with server_ctx.wrap_socket(raw, server_side=True) as tls:
+            tls.sendall(b"banner")
+            tls.recv(1)
+
+    thread = threading.Thread(target=banner_server, daemon=True)
+    thread.start()
+    raw = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+    with client_ctx.wrap_socket(
+        raw, server_hostname="localhost", do_handshake_on_connect=False
+    ) as tls:
+        assert tls.recv(6) == b"banner"
+        # Recorded now, while the connection is still open.
+        attrs = dict(telemetry.span("client").attributes or {})
+        tls.sendall(b"x")
+
+    thread.join(TIMEOUT)
+    listener.close()
+    assert attrs[A.MTLS_OUTCOME] == "success"
+    assert attrs[A.TLS_ESTABLISHED] is True
+    assert attrs[A.MTLS_LAZY] is True
+    assert attrs[A.TLS_SERVER_HASH_SHA256] == pki.server.sha256

@@ -387,6 +387,37 @@ def test_configuration_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.resolve({}, environ={}).log_success is False
 
 
+@pytest.mark.parametrize(
+    ("keyword", "value", "expected"),
+    [
+        ("log_success", "false", False),
+        ("log_success", "yes", True),
+        ("log_success", "maybe", False),
+        ("max_name_length", -5, 1024),
+        ("max_name_length", 0, 1024),
+        ("max_name_length", "abc", 1024),
+        ("max_name_length", "64", 64),
+        ("max_san_count", True, 32),
+    ],
+)
+def test_keyword_values_are_checked_like_the_environment(
+    keyword: str, value: object, expected: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="otel_mtls.config"):
+        resolved = config.resolve({keyword: value}, environ={})
+
+    assert getattr(resolved, keyword) == expected
+    rejected = [r.getMessage() for r in caplog.records]
+    kind = "true or false" if isinstance(expected, bool) else "a positive integer"
+    if str(value) in ("maybe", "-5", "0", "abc", "True"):
+        assert rejected == [
+            f"ignoring the keyword argument {keyword}: expected {kind}, "
+            f"got {value!r}; using the default {expected!r}"
+        ]
+    else:
+        assert rejected == []
+
+
 def test_capture_can_be_switched_off(pki: DemoPKI) -> None:
     server_ctx = pki_module.server_context(pki.server, pki.ca_path)
     with instrumented(capture_rejected_certificates=False) as collected:
