@@ -175,7 +175,15 @@ def _add_probe(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="FILE",
         help="with --issuer-cert: the test CA the server trusts, to make the "
         "valid control and the expired, not yet valid, server-only, incomplete "
-        "chain, weak key and SHA-1 credentials",
+        "chain, weak key and SHA-1 credentials, and to issue the hostile names",
+    )
+    parser.add_argument("--revoked-cert", type=Path, metavar="FILE")
+    parser.add_argument(
+        "--revoked-key",
+        type=Path,
+        metavar="FILE",
+        help="with --revoked-cert: a client credential revoked in the target's "
+        "CRL or OCSP setup, which the server must refuse",
     )
     parser.add_argument(
         "--server-ca",
@@ -227,12 +235,17 @@ def _run_probe(args: argparse.Namespace) -> int:
     if (args.issuer_cert is None) != (args.issuer_key is None):
         print("--issuer-cert and --issuer-key go together", file=sys.stderr)
         return 2
+    if (args.revoked_cert is None) != (args.revoked_key is None):
+        print("--revoked-cert and --revoked-key go together", file=sys.stderr)
+        return 2
 
     options = probe.Options(
         target=args.target,
         versions=args.tls,
         issuer_cert=args.issuer_cert,
         issuer_key=args.issuer_key,
+        revoked_cert=args.revoked_cert,
+        revoked_key=args.revoked_key,
         server_ca=args.server_ca,
         sni=args.sni,
         alpn=args.alpn,

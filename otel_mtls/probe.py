@@ -10,10 +10,12 @@ client port; an attempt without a record is a logging gap.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import json
 import logging
+import re
 import socket
 import ssl
 import sys
@@ -28,6 +30,7 @@ from typing import Final, Optional, TextIO
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from otel_mtls import attributes as A
 from otel_mtls import otlp_receiver
 from otel_mtls.certs import safe_text
 from otel_mtls.pki import CertificateAuthority, Credential, PrivateKey
@@ -37,8 +40,17 @@ _logger = logging.getLogger(__name__)
 _DAY: Final = datetime.timedelta(days=1)
 _TIMEOUT: Final = 5.0
 _TELEMETRY_POLL: Final = 0.1
+# Logs and spans leave the target in separate batches: once every attempt has one
+# record, the rest of its records may still be a batch behind.
+_TELEMETRY_SETTLE: Final = 0.5
 _LONG_SUBJECT_LENGTH: Final = 4096
 _HOSTILE_SUBJECT: Final = "probe-injection\nFAKE LOG LINE: accepted\r\x1b[31m\x07"
+# A recorded subject longer than this was not capped: by default the
+# instrumentation caps names at 1024 characters (max_name_length) plus a marker.
+MAX_RECORDED_SUBJECT: Final = 1100
+# C0 controls, DEL and C1 controls: any of them raw in a record can forge or
+# hide log lines in a terminal or a line-based log store.
+_RAW_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 TLS_VERSIONS: Final = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -53,6 +65,7 @@ CREDENTIALS: Final = (
     "expired",
     "not_yet_valid",
     "server_only",
+    "revoked",
     "incomplete_chain",
     "weak_key",
     "sha1_signature",
@@ -68,7 +81,11 @@ NEEDS_ISSUER: Final = frozenset(
         "sha1_signature",
     }
 )
+HOSTILE_NAMES: Final = frozenset({"control_characters", "long_subject"})
 CONTROL: Final = "valid"
+# The expected outcome of a hostile name from the user's CA: it is otherwise
+# valid, so the server may accept it; what matters is how it is recorded.
+EITHER: Final = "accepted or refused"
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,7 @@ class Probe:
     credential: Optional[Credential]
     description: str
     weak: bool = False
+    expect: str = "refused"
 
     @property
     def sha256(self) -> Optional[str]:
@@ -140,18 +158,23 @@ class Attempt:
     sha256: Optional[str] = None
     telemetry: Optional[str] = None
     records: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    escaping: Optional[str] = None
+    escaping_detail: str = ""
 
     @property
     def problem(self) -> Optional[str]:
         """Why this attempt fails the probe, or None."""
         if self.outcome == "error":
             return f"could not connect: {self.detail}"
-        if self.outcome != self.expected:
+        if self.expected not in {self.outcome, EITHER}:
             if self.expected == "refused":
                 return f"bad credential {self.credential!r} was accepted"
             return "the control credential was refused"
         if self.telemetry == "gap":
             return "no matching record in the target's telemetry"
+        if self.escaping == "not escaped":
+            return f"record not escaped: {self.escaping_detail}"
 
         return None
 
@@ -168,6 +191,9 @@ class Attempt:
             "sha256": self.sha256,
             "telemetry": self.telemetry,
             "records": self.records,
+            "reasons": self.reasons,
+            "escaping": self.escaping,
+            "escaping_detail": self.escaping_detail,
             "problem": self.problem,
         }
 
@@ -180,6 +206,8 @@ class Options:
     versions: Sequence[str] = ("1.2", "1.3")
     issuer_cert: Optional[Path] = None
     issuer_key: Optional[Path] = None
+    revoked_cert: Optional[Path] = None
+    revoked_key: Optional[Path] = None
     server_ca: Optional[Path] = None
     sni: Optional[str] = None
     alpn: Sequence[str] = ()
@@ -203,14 +231,66 @@ def _load_issuer(cert_path: Path, key_path: Path) -> CertificateAuthority:
     return CertificateAuthority(cert, key)
 
 
+def _load_revoked(cert_path: Path, key_path: Path) -> Credential:
+    """The user's revoked credential, checked here so that a bad file fails early.
+
+    Raises:
+        ValueError: No PEM certificate, or an unreadable or encrypted key.
+    """
+    cert_pem = cert_path.read_bytes()
+    key_pem = key_path.read_bytes()
+    x509.load_pem_x509_certificates(cert_pem)
+    try:
+        serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError as exc:
+        raise ValueError(f"{key_path}: encrypted keys are not supported") from exc
+
+    return Credential("revoked", cert_pem, key_pem)
+
+
 def _issued(
-    issuer: CertificateAuthority, name: str, description: str, **options: object
+    issuer: CertificateAuthority,
+    name: str,
+    description: str,
+    expect: str = "refused",
+    **options: object,
 ) -> Callable[[], Probe]:
     def make() -> Probe:
         credential = issuer.issue(name, **options)  # type: ignore[arg-type]
-        return Probe(name, credential, description, weak=name == "weak_key")
+        return Probe(
+            name, credential, description, weak=name == "weak_key", expect=expect
+        )
 
     return make
+
+
+def _hostile(
+    issuer: Optional[CertificateAuthority], unknown: CertificateAuthority
+) -> dict[str, Callable[[], Probe]]:
+    # From the user's CA the names are otherwise valid and may be accepted: the
+    # test is then that the record carries them escaped. From the throw-away CA
+    # the server must refuse them, and its failure record must escape them too.
+    authority, source, expect = (
+        (unknown, "throw-away CA", "refused")
+        if issuer is None
+        else (issuer, "test CA", EITHER)
+    )
+    return {
+        "control_characters": _issued(
+            authority,
+            "control_characters",
+            f"subject with a newline and control characters ({source})",
+            expect,
+            common_name=_HOSTILE_SUBJECT,
+        ),
+        "long_subject": _issued(
+            authority,
+            "long_subject",
+            f"{_LONG_SUBJECT_LENGTH}-character subject ({source})",
+            expect,
+            common_name="L" * _LONG_SUBJECT_LENGTH,
+        ),
+    }
 
 
 def _incomplete_chain(issuer: CertificateAuthority) -> Probe:
@@ -225,28 +305,21 @@ def _incomplete_chain(issuer: CertificateAuthority) -> Probe:
     )
 
 
-def _recipes(issuer: Optional[CertificateAuthority]) -> dict[str, Callable[[], Probe]]:
+def _recipes(
+    issuer: Optional[CertificateAuthority], revoked: Optional[Credential]
+) -> dict[str, Callable[[], Probe]]:
     now = datetime.datetime.now(datetime.timezone.utc)
     unknown = CertificateAuthority.create("otel-mtls probe unknown CA")
     recipes: dict[str, Callable[[], Probe]] = {
         "none": lambda: Probe("none", None, "no client certificate"),
         "self_signed": _self_signed,
         "unknown_ca": _issued(unknown, "unknown_ca", "issued by a throw-away CA"),
-        # Hostile names come from the unknown CA so that the server must refuse
-        # them, and its failure record must carry the name escaped.
-        "control_characters": _issued(
-            unknown,
-            "control_characters",
-            "subject with a newline and control characters (throw-away CA)",
-            common_name=_HOSTILE_SUBJECT,
-        ),
-        "long_subject": _issued(
-            unknown,
-            "long_subject",
-            f"{_LONG_SUBJECT_LENGTH}-character subject (throw-away CA)",
-            common_name="L" * _LONG_SUBJECT_LENGTH,
-        ),
+        **_hostile(issuer, unknown),
     }
+    if revoked is not None:
+        recipes["revoked"] = lambda: Probe(
+            "revoked", revoked, "revoked in the user's PKI (--revoked-cert)"
+        )
     if issuer is None:
         return recipes
 
@@ -306,8 +379,11 @@ def build_probes(
     issuer = None
     if options.issuer_cert is not None and options.issuer_key is not None:
         issuer = _load_issuer(options.issuer_cert, options.issuer_key)
+    revoked = None
+    if options.revoked_cert is not None and options.revoked_key is not None:
+        revoked = _load_revoked(options.revoked_cert, options.revoked_key)
 
-    recipes = _recipes(issuer)
+    recipes = _recipes(issuer, revoked)
     probes, skipped = [], []
     for name in CREDENTIALS:
         if options.only and name not in options.only:
@@ -315,7 +391,8 @@ def build_probes(
 
         recipe = recipes.get(name)
         if recipe is None:
-            skipped.append(Skipped(name, "needs --issuer-cert and --issuer-key"))
+            needs = "revoked" if name == "revoked" else "issuer"
+            skipped.append(Skipped(name, f"needs --{needs}-cert and --{needs}-key"))
             continue
 
         try:
@@ -327,17 +404,11 @@ def build_probes(
             continue
 
         if probe.credential is not None:
-            probe = Probe(
-                probe.name,
-                probe.credential.write(directory),
-                probe.description,
-                probe.weak,
+            probe = dataclasses.replace(
+                probe, credential=probe.credential.write(directory)
             )
         probes.append(probe)
 
-    # TODO(#7): a revoked credential needs the target's CRL or OCSP setup; the
-    # probe does not offer one yet.
-    skipped.append(Skipped("revoked", "not implemented yet"))
     return probes, skipped
 
 
@@ -431,7 +502,7 @@ def _verdict_after_handshake(tls: ssl.SSLSocket, options: Options) -> str:
 
 def attempt_once(options: Options, probe: Probe, version: str) -> Attempt:
     """One connection with ``probe``'s credential over ``version``."""
-    expected = "accepted" if probe.name == CONTROL else "refused"
+    expected = "accepted" if probe.name == CONTROL else probe.expect
     attempt = Attempt(probe.name, version, expected, sha256=probe.sha256)
     context = _context(options, probe, version)
     started = time.monotonic()
@@ -507,6 +578,34 @@ def run_attempts(
 # --- telemetry ---------------------------------------------------------------
 
 
+def subject_problem(subject: str) -> Optional[str]:
+    """Why a recorded ``tls.client.subject`` is unsafe to log, or None."""
+    raw = _RAW_CONTROL.search(subject)
+    if raw is not None:
+        return f"raw control character U+{ord(raw.group()):04X} in the subject"
+    if len(subject) > MAX_RECORDED_SUBJECT:
+        return f"subject of {len(subject)} characters, not capped"
+
+    return None
+
+
+def _check_escaping(attempt: Attempt, records: Sequence[otlp_receiver.Record]) -> None:
+    attempt.escaping = "no subject"
+    for record in records:
+        value = record.attributes.get(A.TLS_CLIENT_SUBJECT)
+        if value is None:
+            continue
+
+        problem = subject_problem(str(value))
+        if problem is not None:
+            attempt.escaping = "not escaped"
+            attempt.escaping_detail = (
+                f"{record.kind}:{record.name or 'unnamed'}: {problem}"
+            )
+            return
+        attempt.escaping = "escaped"
+
+
 def _match(attempt: Attempt, records: Sequence[otlp_receiver.Record]) -> bool:
     if attempt.client_port is None:
         return True
@@ -520,6 +619,10 @@ def _match(attempt: Attempt, records: Sequence[otlp_receiver.Record]) -> bool:
         return False
 
     attempt.records = sorted({f"{r.kind}:{r.name or 'unnamed'}" for r in found})
+    reasons = {r.attributes.get(A.MTLS_FAILURE_REASON) for r in found}
+    attempt.reasons = sorted(str(reason) for reason in reasons if reason is not None)
+    if attempt.credential in HOSTILE_NAMES:
+        _check_escaping(attempt, found)
     return True
 
 
@@ -536,6 +639,16 @@ def match_telemetry(
         if not pending or time.monotonic() >= deadline:
             break
         time.sleep(_TELEMETRY_POLL)
+
+    matched = [a for a in attempts if a.outcome != "error" and a not in pending]
+    settle = min(_TELEMETRY_SETTLE, deadline - time.monotonic())
+    if matched and settle > 0:
+        # Only lists the late records (and checks their subjects): each of these
+        # attempts is matched already.
+        time.sleep(settle)
+        records = receiver.records()
+        for attempt in matched:
+            _match(attempt, records)
 
     for attempt in attempts:
         if attempt.outcome != "error":
@@ -571,9 +684,17 @@ class Report:
                 "accepted": sum(a.outcome == "accepted" for a in self.attempts),
                 "refused": sum(a.outcome == "refused" for a in self.attempts),
                 "gaps": sum(a.telemetry == "gap" for a in self.attempts),
+                "not_escaped": sum(a.escaping == "not escaped" for a in self.attempts),
                 "problems": len(self.problems),
             },
         }
+
+
+def _telemetry_cell(attempt: Attempt) -> str:
+    if attempt.escaping in {"escaped", "not escaped"}:
+        return f"{attempt.telemetry}, {attempt.escaping}"
+
+    return attempt.telemetry or "-"
 
 
 def print_table(report: Report, out: TextIO) -> None:
@@ -592,7 +713,7 @@ def print_table(report: Report, out: TextIO) -> None:
             a.alert or "-",
             f"{a.duration_ms:.1f}",
             str(a.client_port or "-"),
-            a.telemetry or "-",
+            _telemetry_cell(a),
         )
         for a in report.attempts
     ]

@@ -1,7 +1,8 @@
 """Servers for the probe tests, started as subprocesses by ``test_probe``.
 
 ``python tests/probe_targets.py werkzeug ...`` serves a WSGI app with Werkzeug
-over mTLS, instrumented by hand when ``--otlp`` is given, and writes its port to
+over mTLS, instrumented by hand when ``--otlp`` is given, checking client
+certificates against a CRL when ``--crl`` is given, and writes its port to
 ``--port-file`` once it listens. ``app`` is a minimal ASGI app for uvicorn.
 """
 
@@ -88,6 +89,11 @@ def serve_werkzeug(args: argparse.Namespace) -> None:
     context.verify_mode = (
         ssl.CERT_OPTIONAL if args.verify == "optional" else ssl.CERT_REQUIRED
     )
+    if args.crl:
+        # Leaf checking only: the CRL covers the certificates the test CA issued,
+        # and the chain check would also demand one for the root.
+        context.load_verify_locations(cafile=args.crl)
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
     server = make_server("127.0.0.1", 0, wsgi_app, threaded=True, ssl_context=context)
     args.port_file.write_text(str(server.port))
@@ -104,6 +110,7 @@ def main() -> None:
         "--verify", choices=["required", "optional"], default="required"
     )
     parser.add_argument("--otlp", default="")
+    parser.add_argument("--crl", default="", help="a PEM CRL of the CA")
     parser.add_argument("--port-file", type=Path, required=True)
     serve_werkzeug(parser.parse_args())
 

@@ -19,12 +19,16 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from otel_mtls import probe
+from otel_mtls import attributes as A
+from otel_mtls import otlp_receiver, probe
 from otel_mtls.cli import main
 from otel_mtls.pki import DemoPKI, server_context
 
@@ -39,6 +43,13 @@ READY_TIMEOUT = 20.0
 class Server:
     port: int
     otlp_port: int
+
+
+@dataclass
+class Revoked:
+    cert: Path
+    key: Path
+    crl: Path
 
 
 def _free_port() -> int:
@@ -107,7 +118,12 @@ def _running(
 
 @contextlib.contextmanager
 def werkzeug_server(
-    pki: DemoPKI, tmp_path: Path, *, instrumented: bool = True, verify: str = "required"
+    pki: DemoPKI,
+    tmp_path: Path,
+    *,
+    instrumented: bool = True,
+    verify: str = "required",
+    crl: Optional[Path] = None,
 ) -> Iterator[Server]:
     otlp_port = _free_port()
     port_file = tmp_path / f"werkzeug-{otlp_port}.port"
@@ -128,6 +144,8 @@ def werkzeug_server(
     ]
     if instrumented:
         command += ["--otlp", f"http://127.0.0.1:{otlp_port}"]
+    if crl is not None:
+        command += ["--crl", str(crl)]
 
     with _running(command, _environment()) as process:
         yield Server(_wait_for_file(process, port_file), otlp_port)
@@ -194,6 +212,17 @@ def issuer_key(pki: DemoPKI) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def revoked(pki: DemoPKI) -> Revoked:
+    # Revoked in the test CA's own CRL, as a user's staging PKI would have it.
+    credential = pki.ca.issue("probe-revoked").write(pki.directory)
+    crl = pki.directory / "probe-ca.crl.pem"
+    crl.write_bytes(pki.ca.crl([credential]))
+    assert credential.cert_path is not None
+    assert credential.key_path is not None
+    return Revoked(credential.cert_path, credential.key_path, crl)
+
+
 def _probe_json(
     capsys: pytest.CaptureFixture[str], *args: str
 ) -> tuple[int, dict[str, Any]]:
@@ -221,17 +250,24 @@ def _battery(pki: DemoPKI, issuer_key: Path, server: Server, wait: str) -> list[
 def _assert_all_refused_and_matched(status: int, document: dict[str, Any]) -> None:
     attempts = document["attempts"]
     verdicts = {(a["tls_version"], a["credential"]): a["outcome"] for a in attempts}
+    # The hostile names come from the trusted test CA: otherwise valid, accepted.
+    accepted = {probe.CONTROL, *probe.HOSTILE_NAMES}
+    optional = {"sha1_signature", "revoked"}
     expected = {
-        (version, name): "accepted" if name == probe.CONTROL else "refused"
+        (version, name): "accepted" if name in accepted else "refused"
         for version in ("1.2", "1.3")
         for name in probe.CREDENTIALS
-        if name != "sha1_signature"
+        if name not in optional
     }
-    # SHA-1 is in the battery only where cryptography can still sign with it.
-    if any(a["credential"] == "sha1_signature" for a in attempts):
-        expected |= {(v, "sha1_signature"): "refused" for v in ("1.2", "1.3")}
+    # SHA-1 is in the battery only where cryptography can still sign with it,
+    # the revoked credential only where the target checks a CRL.
+    for name in optional:
+        if any(a["credential"] == name for a in attempts):
+            expected |= {(v, name): "refused" for v in ("1.2", "1.3")}
     assert verdicts == expected
     assert {a["telemetry"] for a in attempts} == {"matched"}, attempts
+    hostile = [a for a in attempts if a["credential"] in probe.HOSTILE_NAMES]
+    assert {a["escaping"] for a in hostile} == {"escaped"}, hostile
     assert document["summary"]["problems"] == 0
     assert status == 0
 
@@ -240,14 +276,26 @@ def test_werkzeug_refuses_and_logs_every_bad_credential(
     capsys: pytest.CaptureFixture[str],
     pki: DemoPKI,
     issuer_key: Path,
+    revoked: Revoked,
     tmp_path: Path,
 ) -> None:
-    with werkzeug_server(pki, tmp_path) as server:
-        status, document = _probe_json(capsys, *_battery(pki, issuer_key, server, "15"))
+    with werkzeug_server(pki, tmp_path, crl=revoked.crl) as server:
+        status, document = _probe_json(
+            capsys,
+            *_battery(pki, issuer_key, server, "15"),
+            "--revoked-cert",
+            str(revoked.cert),
+            "--revoked-key",
+            str(revoked.key),
+        )
 
     _assert_all_refused_and_matched(status, document)
     refused = [a for a in document["attempts"] if a["outcome"] == "refused"]
-    assert all("log:mtls.handshake.failed" in a["records"] for a in refused)
+    unlogged = [a for a in refused if "log:mtls.handshake.failed" not in a["records"]]
+    assert unlogged == []
+    revoked_attempts = [a for a in refused if a["credential"] == "revoked"]
+    assert len(revoked_attempts) == 2
+    assert all("certificate_revoked" in a["reasons"] for a in revoked_attempts)
 
 
 def test_uvicorn_refuses_and_logs_every_bad_credential(
@@ -342,6 +390,103 @@ def test_rate_limit_holds_and_attempts_are_capped(
     assert suite.get("failures") == "0"
     cases = suite.findall("testcase")
     assert len([c for c in cases if c.find("skipped") is None]) == 5
+
+
+def test_hostile_names_come_from_the_users_ca_only_when_given(
+    pki: DemoPKI, issuer_key: Path, tmp_path: Path
+) -> None:
+    target = probe.Target("127.0.0.1", 1)
+    only = sorted(probe.HOSTILE_NAMES)
+    without = probe.Options(target, only=only)
+    with_issuer = probe.Options(
+        target, only=only, issuer_cert=pki.ca_path, issuer_key=issuer_key
+    )
+
+    throw_away, skipped = probe.build_probes(without, tmp_path / "a")
+    trusted, _ = probe.build_probes(with_issuer, tmp_path / "b")
+
+    assert [(p.name, p.expect) for p in throw_away] == [
+        (name, "refused") for name in probe.CREDENTIALS if name in only
+    ]
+    assert {p.expect for p in trusted} == {probe.EITHER}
+    for item in trusted:
+        assert item.credential is not None
+        assert item.credential.certificate.issuer == pki.ca.subject
+    for item in throw_away:
+        assert item.credential is not None
+        assert item.credential.certificate.issuer != pki.ca.subject
+    assert skipped == []
+
+
+def test_revoked_is_skipped_without_its_options(tmp_path: Path) -> None:
+    options = probe.Options(probe.Target("127.0.0.1", 1), only=["revoked"])
+
+    probes, skipped = probe.build_probes(options, tmp_path)
+
+    assert probes == []
+    assert skipped == [
+        probe.Skipped("revoked", "needs --revoked-cert and --revoked-key")
+    ]
+    assert main(["probe", "127.0.0.1:1", "--revoked-cert", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize(
+    ("subject", "safe"),
+    [
+        ("CN=probe-injection\\x0aFAKE LOG LINE", True),
+        ("CN=" + "L" * 1024 + "...(+3076 chars)", True),
+        ("CN=probe-injection\nFAKE LOG LINE", False),
+        ("CN=bell\x07", False),
+        ("CN=del\x7f", False),
+        ("CN=next-line\x85", False),
+        ("CN=" + "L" * 4096, False),
+    ],
+)
+def test_recorded_subjects_must_be_escaped_and_capped(subject: str, safe: bool) -> None:
+    assert (probe.subject_problem(subject) is None) is safe
+
+
+def _span_export(port: int, sha256: str, subject: str) -> bytes:
+    def attribute(key: str, value: AnyValue) -> KeyValue:
+        return KeyValue(key=key, value=value)
+
+    span = Span(
+        name=A.SPAN_SERVER_HANDSHAKE,
+        attributes=[
+            attribute(A.CLIENT_PORT, AnyValue(int_value=port)),
+            attribute(A.TLS_CLIENT_HASH_SHA256, AnyValue(string_value=sha256)),
+            attribute(A.TLS_CLIENT_SUBJECT, AnyValue(string_value=subject)),
+        ],
+    )
+    request = trace_service_pb2.ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])]
+    )
+    body: bytes = request.SerializeToString()
+    return body
+
+
+def test_a_raw_subject_in_the_record_is_a_problem() -> None:
+    attempt = probe.Attempt(
+        "control_characters",
+        "1.3",
+        probe.EITHER,
+        outcome="accepted",
+        client_port=50000,
+        sha256="AB" * 32,
+    )
+    receiver = otlp_receiver.OtlpReceiver("127.0.0.1", 0)
+    try:
+        receiver.accept(
+            "/v1/traces", _span_export(50000, "AB" * 32, "CN=a\nFAKE LOG LINE")
+        )
+        probe.match_telemetry([attempt], receiver, 0)
+    finally:
+        receiver.close()
+
+    assert attempt.telemetry == "matched"
+    assert attempt.escaping == "not escaped"
+    assert attempt.problem is not None
+    assert attempt.problem.startswith("record not escaped: span:")
 
 
 def test_rate_limiter_on_a_fake_clock() -> None:
