@@ -33,6 +33,7 @@ CERTIFICATE_REVOKED: Final = "certificate_revoked"
 CRL_UNAVAILABLE: Final = "crl_unavailable"
 CRL_EXPIRED: Final = "crl_expired"
 BAD_SIGNATURE: Final = "bad_signature"
+WEAK_CERTIFICATE: Final = "weak_certificate"
 CERTIFICATE_INVALID: Final = "certificate_invalid"
 UNSUPPORTED_PURPOSE: Final = "unsupported_purpose"
 HOSTNAME_MISMATCH: Final = "hostname_mismatch"
@@ -84,6 +85,12 @@ REASONS: Final[tuple[Reason, ...]] = (
         BAD_SIGNATURE,
         "A signature in the chain does not verify (verify codes 7, 8).",
         "A tampered or forged certificate.",
+    ),
+    Reason(
+        WEAK_CERTIFICATE,
+        "A key too small or a signature digest too weak for OpenSSL's security "
+        "level (verify codes 66, 67, 68).",
+        "An RSA 1024 key, a SHA-1 signature.",
     ),
     Reason(
         CERTIFICATE_INVALID,
@@ -173,6 +180,9 @@ _VERIFY_REASONS: Final[dict[int, str]] = {
     12: CRL_EXPIRED,
     7: BAD_SIGNATURE,
     8: BAD_SIGNATURE,
+    66: WEAK_CERTIFICATE,
+    67: WEAK_CERTIFICATE,
+    68: WEAK_CERTIFICATE,
     26: UNSUPPORTED_PURPOSE,
     62: HOSTNAME_MISMATCH,
     64: HOSTNAME_MISMATCH,

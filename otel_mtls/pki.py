@@ -25,12 +25,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Final, Union
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
@@ -140,16 +139,69 @@ def _sha256_hex(der: bytes) -> str:
 def _sign(
     builder: x509.CertificateBuilder, key: PrivateKey, algorithm: hashes.HashAlgorithm
 ) -> x509.Certificate:
-    try:
-        # The stubs leave SHA-1 out of the accepted hashes, but whether signing
-        # with it works depends on the installed release, so let it decide.
-        return builder.sign(key, algorithm)  # type: ignore[arg-type]
-    except UnsupportedAlgorithm as exc:
-        # Recent cryptography releases refuse SHA-1 signatures outright, with no
-        # switch to turn them back on; weak-signature tests have to skip.
-        raise ValueError(
-            f"the installed cryptography cannot sign with {algorithm.name}: {exc}"
-        ) from exc
+    if isinstance(algorithm, hashes.SHA1):
+        # cryptography refuses to build SHA-1 certificates; weak-signature probes
+        # need one, so it is signed with SHA-256 and then re-signed.
+        return _resign_sha1(builder.sign(key, hashes.SHA256()), key)
+
+    return builder.sign(key, algorithm)  # type: ignore[arg-type]
+
+
+# The AlgorithmIdentifier DER of the SHA-1 signature algorithms (RFC 3279).
+_SHA1_WITH_RSA: Final = bytes.fromhex("300d06092a864886f70d0101050500")
+_ECDSA_WITH_SHA1: Final = bytes.fromhex("300906072a8648ce3d0401")
+
+
+def _der_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes([length])
+
+    body = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    return bytes([tag]) + _der_length(len(content)) + content
+
+
+def _der_children(data: bytes) -> list[bytes]:
+    """The TLVs inside one constructed DER value (whole TLVs, not contents)."""
+    header = 2 + (data[1] & 0x7F if data[1] & 0x80 else 0)
+    children, pos = [], header
+    while pos < len(data):
+        first = data[pos + 1]
+        size, skip = first, 2
+        if first & 0x80:
+            count = first & 0x7F
+            size = int.from_bytes(data[pos + 2 : pos + 2 + count], "big")
+            skip = 2 + count
+        children.append(data[pos : pos + skip + size])
+        pos += skip + size
+
+    return children
+
+
+def _resign_sha1(cert: x509.Certificate, key: PrivateKey) -> x509.Certificate:
+    """The same certificate, with its signature algorithm and signature in SHA-1.
+
+    The TBSCertificate names the signature algorithm too (RFC 5280 4.1.2.3), so
+    it is rebuilt with the SHA-1 identifier before being signed.
+    """
+    tbs_parts = _der_children(cert.tbs_certificate_bytes)
+    index = 2 if tbs_parts[0][0] == 0xA0 else 1
+    rsa_key = isinstance(key, rsa.RSAPrivateKey)
+    algorithm = _SHA1_WITH_RSA if rsa_key else _ECDSA_WITH_SHA1
+    tbs_parts[index] = algorithm
+    tbs = _der(0x30, b"".join(tbs_parts))
+    sha1 = hashes.SHA1()  # noqa: S303 - a weak signature is the point here
+
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(tbs, padding.PKCS1v15(), sha1)
+    else:
+        signature = key.sign(tbs, ec.ECDSA(sha1))
+
+    der = _der(0x30, tbs + algorithm + _der(0x03, b"\x00" + signature))
+    return x509.load_der_x509_certificate(der)
 
 
 def _subject_alternative_name(

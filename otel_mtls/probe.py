@@ -248,6 +248,11 @@ def _load_revoked(cert_path: Path, key_path: Path) -> Credential:
     return Credential("revoked", cert_pem, key_pem)
 
 
+# Credentials OpenSSL refuses to load at its default security level; the probe
+# presents them on purpose.
+_WEAK: Final = frozenset({"weak_key", "sha1_signature"})
+
+
 def _issued(
     issuer: CertificateAuthority,
     name: str,
@@ -258,7 +263,11 @@ def _issued(
     def make() -> Probe:
         credential = issuer.issue(name, **options)  # type: ignore[arg-type]
         return Probe(
-            name, credential, description, weak=name == "weak_key", expect=expect
+            name,
+            credential,
+            description,
+            weak=name in _WEAK,
+            expect=expect,
         )
 
     return make
@@ -398,8 +407,9 @@ def build_probes(
         try:
             probe = recipe()
         except (ValueError, TypeError) as exc:
-            # Recent cryptography releases refuse SHA-1 signatures outright.
-            note = f"not supported by this cryptography version: {exc}"
+            # A credential the installed libraries cannot make is reported, not
+            # silently dropped.
+            note = f"could not be made here: {exc}"
             skipped.append(Skipped(name, safe_text(note, 300)))
             continue
 

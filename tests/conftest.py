@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import socket
 import ssl
 import threading
@@ -26,12 +27,12 @@ from otel_mtls import attributes as A
 from otel_mtls import pki as pki_module
 from otel_mtls.ssl_instrumentor import SSLInstrumentor
 
-try:  # The exporter was renamed; the old name warns on new SDKs.
-    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
-except ImportError:  # pragma: no cover - older SDKs
-    from opentelemetry.sdk._logs.export import (  # type: ignore[attr-defined,no-redef,unused-ignore]
-        InMemoryLogExporter as InMemoryLogRecordExporter,
-    )
+# The exporter was renamed; the old name warns on new SDKs.
+_logs_export: Any = importlib.import_module("opentelemetry.sdk._logs.export")
+InMemoryLogRecordExporter: Any = (
+    getattr(_logs_export, "InMemoryLogRecordExporter", None)
+    or _logs_export.InMemoryLogExporter
+)
 
 TIMEOUT = 5.0
 
@@ -98,7 +99,7 @@ def make_telemetry() -> Telemetry:
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
 
-    log_exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call,unused-ignore]
+    log_exporter = InMemoryLogRecordExporter()
     logger_provider = LoggerProvider()
     logger_provider.add_log_record_processor(SimpleLogRecordProcessor(log_exporter))
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -551,14 +552,26 @@ def test_crl_numbers_increase(demo: DemoPKI) -> None:
     assert numbers == [1, 2, 3]
 
 
-def test_sha1_is_issued_or_refused_clearly(demo: DemoPKI) -> None:
-    try:
-        credential = demo.ca.issue("weak", hash_alg="sha1", key_type="rsa")
-    except ValueError as exc:
-        assert "sha1" in str(exc)
+@pytest.mark.parametrize("key_type", ["rsa", "ec"])
+def test_sha1_signed_certificates_verify_with_the_issuer_key(key_type: str) -> None:
+    authority = CertificateAuthority.create("sha1 test CA", key_type=key_type)
+    credential = authority.issue("weak", hash_alg="sha1", key_type=key_type)
+
+    cert = credential.certificate
+    assert isinstance(cert.signature_hash_algorithm, hashes.SHA1)
+    public_key = authority.cert.public_key()
+    if isinstance(public_key, rsa.RSAPublicKey):
+        public_key.verify(
+            cert.signature,
+            cert.tbs_certificate_bytes,
+            padding.PKCS1v15(),
+            hashes.SHA1(),
+        )
     else:
-        algorithm = credential.certificate.signature_hash_algorithm
-        assert isinstance(algorithm, hashes.SHA1)
+        assert isinstance(public_key, ec.EllipticCurvePublicKey)
+        public_key.verify(
+            cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA1())
+        )
 
 
 @pytest.mark.parametrize("hash_alg", ["sha384", "sha512"])

@@ -252,15 +252,15 @@ def _assert_all_refused_and_matched(status: int, document: dict[str, Any]) -> No
     verdicts = {(a["tls_version"], a["credential"]): a["outcome"] for a in attempts}
     # The hostile names come from the trusted test CA: otherwise valid, accepted.
     accepted = {probe.CONTROL, *probe.HOSTILE_NAMES}
-    optional = {"sha1_signature", "revoked"}
+    optional = {"revoked"}
     expected = {
         (version, name): "accepted" if name in accepted else "refused"
         for version in ("1.2", "1.3")
         for name in probe.CREDENTIALS
         if name not in optional
     }
-    # SHA-1 is in the battery only where cryptography can still sign with it,
-    # the revoked credential only where the target checks a CRL.
+    # The revoked credential is in the battery only where the target checks a
+    # CRL.
     for name in optional:
         if any(a["credential"] == name for a in attempts):
             expected |= {(v, name): "refused" for v in ("1.2", "1.3")}
