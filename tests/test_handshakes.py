@@ -8,7 +8,7 @@ import ssl
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 from opentelemetry.trace import StatusCode
@@ -426,3 +426,34 @@ def test_tls13_client_reading_first_is_confirmed_by_that_read(
     assert attrs[A.TLS_ESTABLISHED] is True
     assert attrs[A.MTLS_LAZY] is True
     assert attrs[A.TLS_SERVER_HASH_SHA256] == pki.server.sha256
+
+
+@pytest.mark.parametrize(
+    ("options", "code"),
+    [
+        ({"hash_alg": "sha1"}, 68),
+        ({"key_type": "rsa", "rsa_bits": 1024}, 66),
+    ],
+    ids=["sha1_signature", "rsa_1024"],
+)
+def test_weak_client_certificates(
+    telemetry: Telemetry,
+    pki: DemoPKI,
+    tmp_path: Path,
+    options: dict[str, Any],
+    code: int,
+) -> None:
+    credential = pki.ca.issue("weak", **options).write(tmp_path)
+    server_ctx = pki_module.server_context(pki.server, pki.ca_path, version=V12)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(pki.ca_path)
+    # The client presents the weak certificate on purpose.
+    client_ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    client_ctx.load_cert_chain(str(credential.cert_path), str(credential.key_path))
+
+    serve_once(server_ctx, tls_client(client_ctx))
+
+    attrs = dict(telemetry.span("server").attributes or {})
+    assert attrs[A.MTLS_FAILURE_REASON] == "weak_certificate"
+    assert attrs[A.MTLS_VERIFY_CODE] == code
+    assert attrs[A.TLS_CLIENT_HASH_SHA256] == credential.sha256
