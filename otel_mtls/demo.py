@@ -17,6 +17,7 @@ import collections
 import contextlib
 import http.client
 import http.server
+import importlib
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Final, Optional, TextIO
+from typing import Any, Final, Optional, TextIO
 
 from cryptography import x509
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
@@ -74,6 +75,12 @@ except ImportError:  # pragma: no cover - SDKs from before the LogRecordExporter
     )
 
 _logger = logging.getLogger(__name__)
+
+
+def in_memory_log_exporter() -> Any:
+    """The SDK's in-memory log exporter, under its name in the installed SDK."""
+    return InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+
 
 DEMO_SERVICE_NAME: Final = "otel-mtls-demo"
 
@@ -151,51 +158,34 @@ def _first(environ: Mapping[str, str], *names: str) -> str:
 
 
 # The OTLP exporters are imported only when asked for: grpc is slow to import.
+# Per signal: the exporter module and class, the same under .grpc and .http.
+_EXPORTERS: Final = {
+    "traces": ("trace_exporter", "OTLPSpanExporter"),
+    "metrics": ("metric_exporter", "OTLPMetricExporter"),
+    "logs": ("_log_exporter", "OTLPLogExporter"),
+}
+
+
+def _otlp_exporter(signal: str, protocol: str) -> Any:
+    """The OTLP exporter of ``signal`` over gRPC or HTTP, configured by env."""
+    transport = "grpc" if protocol == "grpc" else "http"
+    module_name, class_name = _EXPORTERS[signal]
+    module = importlib.import_module(
+        f"opentelemetry.exporter.otlp.proto.{transport}.{module_name}"
+    )
+    return getattr(module, class_name)()
 
 
 def _otlp_span_processor(protocol: str) -> SpanProcessor:
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc import (  # noqa: PLC0415
-            trace_exporter as grpc_traces,
-        )
-
-        return BatchSpanProcessor(grpc_traces.OTLPSpanExporter())
-
-    from opentelemetry.exporter.otlp.proto.http import (  # noqa: PLC0415
-        trace_exporter as http_traces,
-    )
-
-    return BatchSpanProcessor(http_traces.OTLPSpanExporter())
+    return BatchSpanProcessor(_otlp_exporter("traces", protocol))
 
 
 def _otlp_metric_reader(protocol: str) -> MetricReader:
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc import (  # noqa: PLC0415
-            metric_exporter as grpc_metrics,
-        )
-
-        return PeriodicExportingMetricReader(grpc_metrics.OTLPMetricExporter())
-
-    from opentelemetry.exporter.otlp.proto.http import (  # noqa: PLC0415
-        metric_exporter as http_metrics,
-    )
-
-    return PeriodicExportingMetricReader(http_metrics.OTLPMetricExporter())
+    return PeriodicExportingMetricReader(_otlp_exporter("metrics", protocol))
 
 
 def _otlp_log_processor(protocol: str) -> LogRecordProcessor:
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc import (  # noqa: PLC0415
-            _log_exporter as grpc_logs,
-        )
-
-        return BatchLogRecordProcessor(grpc_logs.OTLPLogExporter())
-
-    from opentelemetry.exporter.otlp.proto.http import (  # noqa: PLC0415
-        _log_exporter as http_logs,
-    )
-
-    return BatchLogRecordProcessor(http_logs.OTLPLogExporter())
+    return BatchLogRecordProcessor(_otlp_exporter("logs", protocol))
 
 
 class Telemetry:
@@ -224,7 +214,7 @@ class Telemetry:
         )
 
         # The SDK leaves this constructor unannotated.
-        self.logs = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+        self.logs = in_memory_log_exporter()
         self.logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
         self.logger_provider.add_log_record_processor(
             SimpleLogRecordProcessor(self.logs)

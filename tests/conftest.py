@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import socket
 import ssl
 import threading
@@ -25,14 +24,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 
 from otel_mtls import attributes as A
 from otel_mtls import pki as pki_module
+from otel_mtls.demo import in_memory_log_exporter
 from otel_mtls.ssl_instrumentor import SSLInstrumentor
-
-# The exporter was renamed; the old name warns on new SDKs.
-_logs_export: Any = importlib.import_module("opentelemetry.sdk._logs.export")
-InMemoryLogRecordExporter: Any = (
-    getattr(_logs_export, "InMemoryLogRecordExporter", None)
-    or _logs_export.InMemoryLogExporter
-)
 
 TIMEOUT = 5.0
 
@@ -99,7 +92,7 @@ def make_telemetry() -> Telemetry:
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
 
-    log_exporter = InMemoryLogRecordExporter()
+    log_exporter = in_memory_log_exporter()
     logger_provider = LoggerProvider()
     logger_provider.add_log_record_processor(SimpleLogRecordProcessor(log_exporter))
 
