@@ -522,13 +522,11 @@ class _Hooks:
 
     def io_raised(self, conn: Any, state: _ConnState, exc: BaseException) -> None:
         if state.pending is not None:
-            if classify.classify(exc, state.evidence(conn)).reason in (
-                classify.CONNECTION_CLOSED,
-                classify.NO_CLIENT_HELLO,
-            ):
+            failure = classify.classify(exc, state.evidence(conn))
+            if failure.reason in (classify.CONNECTION_CLOSED, classify.NO_CLIENT_HELLO):
                 self.late_closed(conn, state, exc)
             else:
-                self.late_failed(conn, state, exc)
+                self.late_failed(conn, state, failure)
             return
 
         if _negotiated(conn):
@@ -630,12 +628,13 @@ class _Hooks:
         except Exception as exc:  # noqa: BLE001
             self.recorder.contained("unconfirmed", exc)
 
-    def late_failed(self, conn: Any, state: _ConnState, exc: BaseException) -> None:
+    def late_failed(
+        self, conn: Any, state: _ConnState, failure: classify.Failure
+    ) -> None:
         pending = self.take_pending(conn, state)
         if pending is None:
             return
 
-        failure = classify.classify(exc, state.evidence(conn))
         attrs = pending.attributes
         self.add_failure(attrs, failure)
         attrs[A.MTLS_LATE_FAILURE] = True
