@@ -682,6 +682,8 @@ class _Hooks:
         uvloop tells the SSL object nothing when the peer closes, so this is how
         its connections that died during (or right after) a handshake are seen.
         """
+        # TODO(#3): settle a uvloop client's TLS 1.3 verdict when the server
+        # closes, not when the SSL object is collected.
         try:
             if state.pending is not None:
                 self.unconfirmed(state)

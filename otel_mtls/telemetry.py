@@ -115,6 +115,8 @@ class Recorder:
 
     def record(self, outcome: Outcome) -> None:
         """Emit the span, the metrics and the log record of one handshake."""
+        # TODO(#2): a span and two measurements per side keep the one-process
+        # handshake benchmark near 0.8 of plain, against a target of 0.95.
         span_context: Optional[Context] = None
 
         try:
